@@ -1,0 +1,45 @@
+"""The ``fedrt`` command: a thin layer that parses arguments and hands over to one capability per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from fedrt import __version__
+from fedrt.commands import data, evaluate
+
+COMMANDS = (data, evaluate)
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one clear message, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedrt", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fedrt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except (FileNotFoundError, ValueError, UserError) as exc:
+        print(f"fedrt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fedrt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``fedrt`` subcommands; each module registers its own parser and runs one capability."""

@@ -1,0 +1,50 @@
+"""``fedrt data check PATH``: the validation report of every patient in a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from protocols.dataset import ProtocolDataset
+from protocols.protocol import load_protocol
+from protocols.validation import CaseReport, Policy, Severity
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="inspect and prepare protocol datasets")
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    check = sub.add_parser("check", help="validate every patient under PATH and print a per-case report")
+    check.add_argument("path", help="a dataset folder (patients as subfolders) or one patient folder")
+    check.add_argument("--protocol", default="hn-openkbp", help="protocol name or YAML path (default hn-openkbp)")
+    check.add_argument("--no-dose", action="store_true", help="do not require dose (inputs for prediction)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(run=run_check)
+
+
+def format_report(reports: list[CaseReport]) -> str:
+    """One line per patient, then its findings indented; a summary line at the end."""
+    lines = []
+    for report in reports:
+        notes = [f.message for f in report.findings if f.severity == Severity.NOTE]
+        lines.append(f"{report.patient_id:<12} {report.status:<8} {report.path}")
+        lines += [f"    {f}" for f in report.findings if f.severity != Severity.NOTE]
+        if notes:
+            lines.append(f"    note: {'; '.join(notes)}")
+    counts = {s: sum(r.status == s for r in reports) for s in ("ok", "warning", "error")}
+    lines.append(f"{len(reports)} patients: {counts['ok']} ok, {counts['warning']} with warnings, "
+                 f"{counts['error']} unusable")
+    return "\n".join(lines)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    protocol = load_protocol(args.protocol)
+    dataset = ProtocolDataset(args.path, protocol, Policy.IGNORE, require_dose=not args.no_dose)
+    reports = dataset.reports()
+    if args.json:
+        print(json.dumps([{"patient": r.patient_id, "path": str(r.path), "status": r.status,
+                           "findings": [{"severity": f.severity.value, "code": f.code, "message": f.message,
+                                         "path": str(f.path or ""), "fix": f.fix} for f in r.findings]}
+                          for r in reports], indent=2))
+    else:
+        print(format_report(reports))
+    return 1 if any(not r.usable for r in reports) else 0

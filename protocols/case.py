@@ -1,0 +1,39 @@
+"""A patient case: CT, structures, dose and geometry as typed numpy arrays with an explicit axis order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Index order of every array in a case, as in the published OpenKBP data: axis 0 runs anterior -> posterior
+# (image rows), axis 1 patient right -> left (image columns), axis 2 superior -> inferior (slices).
+AXES: tuple[str, str, str] = ("anterior->posterior", "right->left", "superior->inferior")
+LEFT_RIGHT_AXIS = 1
+
+
+@dataclass
+class Case:
+    """One patient on one grid: ``ct_hu`` float32 in HU, boolean masks, ``dose_gy`` float32 in Gy (or None)."""
+
+    patient_id: str
+    ct_hu: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    structures: dict[str, np.ndarray] = field(default_factory=dict)
+    possible_dose_mask: np.ndarray | None = None
+    dose_gy: np.ndarray | None = None
+    source: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.ct_hu.shape)
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(np.prod(self.spacing_mm))
+
+    def mask(self, name: str) -> np.ndarray:
+        """The structure's mask, or an all-false mask when the structure was not contoured."""
+        found = self.structures.get(name)
+        return found if found is not None else np.zeros(self.shape, dtype=bool)

@@ -1,0 +1,262 @@
+"""OpenKBP's original CSV layout: read patients into validated cases (cached as binaries), read/write predictions.
+
+Conventions (checked against the challenge's ``data-description.pdf``): arrays are 128^3, flat indices in C
+order, axes as in :data:`protocols.case.AXES`. CT is stored as HU + 1000 (air 0) in a mix of 12- and 16-bit
+ranges; like the challenge we clip the stored value to [0, 4095], so ``ct_hu = clip(stored, 0, 4095) - 1000``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from protocols.case import Case
+from protocols.protocol import Protocol
+from protocols.validation import CaseReport, Finding, Policy, Severity, apply_policy
+
+CT_OFFSET = 1000.0
+CT_STORED_MAX = 4095.0
+CACHE_VERSION = "1"
+REQUIRED = ("ct", "possible_dose_mask", "voxel_dimensions")
+
+
+class PredictionFileError(ValueError):
+    """A prediction file that cannot be used; the message names the file and the fix."""
+
+
+def default_cache_dir() -> Path:
+    """Where parsed cases are cached: ``$FEDRT_CACHE`` or ``~/.cache/fedrt``."""
+    return Path(os.environ.get("FEDRT_CACHE", Path.home() / ".cache" / "fedrt"))
+
+
+def source_file(patient_dir: Path, name: str) -> Path | None:
+    """``NAME.csv`` or ``NAME.csv.gz`` in a patient folder, whichever exists."""
+    for suffix in (".csv", ".csv.gz"):
+        path = patient_dir / f"{name}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def is_patient_dir(path: Path) -> bool:
+    return path.is_dir() and source_file(path, "ct") is not None
+
+
+def _read_sparse(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices and values of a sparse ``,data`` CSV (values NaN for mask files)."""
+    frame = pd.read_csv(path, index_col=0)
+    if list(frame.columns) != ["data"]:
+        raise ValueError(f"expected header ',data', found {','.join(['', *map(str, frame.columns)])!r}")
+    index = frame.index.to_numpy()
+    if index.size and not np.issubdtype(index.dtype, np.integer):
+        raise ValueError("the first column must hold integer flat indices")
+    return index.astype(np.int64), frame["data"].to_numpy(dtype=np.float64)
+
+
+def _dense(index: np.ndarray, values: np.ndarray | float, shape: tuple[int, ...], dtype) -> np.ndarray:
+    out = np.zeros(int(np.prod(shape)), dtype=dtype)
+    out[index] = values
+    return out.reshape(shape)
+
+
+def _index_in_range(index: np.ndarray, shape: tuple[int, ...]) -> bool:
+    return index.size == 0 or (index.min() >= 0 and index.max() < int(np.prod(shape)))
+
+
+def read_openkbp_case(
+    patient_dir: Path, protocol: Protocol, require_dose: bool = True
+) -> tuple[Case | None, CaseReport]:
+    """Parse one patient folder; returns the case (None if unusable) and everything found on the way."""
+    patient_dir = Path(patient_dir)
+    report = CaseReport(patient_dir.name, patient_dir)
+    shape = protocol.grid.shape
+    names = [*REQUIRED, "dose", *protocol.structure_names]
+    files = {name: source_file(patient_dir, name) for name in names}
+    for name in (*REQUIRED, *(["dose"] if require_dose else [])):
+        if files[name] is None:
+            report.add(Severity.ERROR, "missing-file", f"{name}.csv(.gz) not found", patient_dir,
+                       f"export {name}.csv for this patient or remove the folder from the dataset")
+    for name in protocol.structure_names:
+        if files[name] is None:
+            report.add(Severity.NOTE, "missing-roi", f"{name} not contoured", patient_dir)
+    if report.errors:
+        return None, report
+
+    spacing = _read_spacing(files["voxel_dimensions"], report)
+    arrays: dict[str, np.ndarray] = {}
+    for name in ("ct", "dose", "possible_dose_mask", *protocol.structure_names):
+        path = files[name]
+        if path is None:
+            continue
+        try:
+            index, values = _read_sparse(path)
+        except (ValueError, OSError, EOFError, pd.errors.ParserError) as exc:
+            report.add(Severity.ERROR, "unreadable", f"{name}: {exc}", path,
+                       "re-export the file in OpenKBP's sparse CSV layout (header ',data')")
+            continue
+        if not _index_in_range(index, shape):
+            report.add(Severity.ERROR, "wrong-shape",
+                       f"{name}: flat indices outside a {'x'.join(map(str, shape))} grid "
+                       f"(range {index.min()}..{index.max()})", path,
+                       f"resample the patient to the protocol grid {shape}")
+            continue
+        if name in ("ct", "dose"):
+            if not np.all(np.isfinite(values)):
+                report.add(Severity.ERROR, "nan", f"{name}: {int(np.sum(~np.isfinite(values)))} non-finite values",
+                           path, "re-export the array; NaN or infinite values cannot be trained on")
+                continue
+            arrays[name] = _dense(index, values, shape, np.float32)
+        else:
+            if index.size == 0:
+                report.add(Severity.WARNING, "empty-mask", f"{name}: the file lists no voxels", path,
+                           "delete the file if the structure was not contoured, or re-export the contour")
+            arrays[name] = _dense(index, True, shape, bool)
+    if spacing is None or report.errors:
+        return None, report
+    if not any(name in arrays and arrays[name].any() for name in protocol.targets):
+        report.add(Severity.ERROR, "no-target", "no target volume contoured", patient_dir,
+                   f"contour at least one of {', '.join(protocol.targets)}")
+        return None, report
+    if "dose" in arrays and not arrays["dose"].any():
+        report.add(Severity.WARNING, "empty-dose", "the dose array is all zero", files["dose"])
+    ct_hu = np.clip(arrays["ct"], 0.0, CT_STORED_MAX) - CT_OFFSET
+    case = Case(
+        patient_id=patient_dir.name,
+        ct_hu=ct_hu.astype(np.float32),
+        spacing_mm=spacing,
+        structures={n: arrays[n] for n in protocol.structure_names if n in arrays},
+        possible_dose_mask=arrays["possible_dose_mask"],
+        dose_gy=arrays.get("dose"),
+        source=patient_dir,
+    )
+    return case, report
+
+
+def _read_spacing(path: Path, report: CaseReport) -> tuple[float, float, float] | None:
+    try:
+        values = np.loadtxt(path, dtype=np.float64).ravel()
+    except (ValueError, OSError, EOFError) as exc:
+        report.add(Severity.ERROR, "unreadable", f"voxel_dimensions: {exc}", path,
+                   "write the three voxel sizes in mm, one per line")
+        return None
+    if values.size != 3 or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        report.add(Severity.ERROR, "wrong-shape", f"voxel_dimensions: expected 3 positive sizes in mm, got {values}",
+                   path, "write the three voxel sizes in mm, one per line")
+        return None
+    return tuple(float(v) for v in values)
+
+
+def _source_key(patient_dir: Path, protocol: Protocol, require_dose: bool) -> str:
+    """A digest of everything the parsed case depends on; any change to a source file changes it."""
+    digest = hashlib.sha256(f"{CACHE_VERSION}|{patient_dir.resolve()}|{protocol.name}|{require_dose}".encode())
+    for path in sorted(patient_dir.iterdir()):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"|{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:20]
+
+
+def load_openkbp_case(
+    patient_dir: Path | str,
+    protocol: Protocol,
+    policy: Policy | str = Policy.WARN,
+    require_dose: bool = True,
+    cache_dir: Path | None = None,
+) -> tuple[Case | None, CaseReport]:
+    """Read a patient through the binary cache: CSV is parsed once, again only when a source file changes."""
+    patient_dir = Path(patient_dir)
+    folder = (cache_dir or default_cache_dir()) / "openkbp" / hashlib.sha256(
+        str(patient_dir.resolve()).encode()).hexdigest()[:16]
+    cached = folder / f"{_source_key(patient_dir, protocol, require_dose)}.npz"
+    if cached.is_file():
+        case, report = _load_cached(cached, patient_dir)
+    else:
+        case, report = read_openkbp_case(patient_dir, protocol, require_dose)
+        if case is not None:
+            for stale in folder.glob("*.npz"):
+                stale.unlink(missing_ok=True)
+            _save_cached(cached, case, report)
+    apply_policy(report, policy)
+    return case, report
+
+
+def _save_cached(path: Path, case: Case, report: CaseReport) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = sorted(case.structures)
+    payload = {
+        "ct_stored": (case.ct_hu + CT_OFFSET).astype(np.int16),
+        "possible_dose_mask": np.packbits(case.possible_dose_mask),
+        "spacing_mm": np.asarray(case.spacing_mm),
+        "names": np.asarray(json.dumps(names)),
+        "findings": np.asarray(json.dumps([[f.severity, f.code, f.message, str(f.path or ""), f.fix]
+                                           for f in report.findings])),
+        **{f"mask_{n}": np.packbits(case.structures[n]) for n in names},
+    }
+    if case.dose_gy is not None:
+        payload["dose_gy"] = case.dose_gy
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        np.savez(handle, **payload)
+    os.replace(handle.name, path)
+
+
+def _load_cached(path: Path, patient_dir: Path) -> tuple[Case, CaseReport]:
+    with np.load(path) as data:
+        ct = data["ct_stored"].astype(np.float32) - CT_OFFSET
+        shape = ct.shape
+        n = int(np.prod(shape))
+
+        def unpack(key: str) -> np.ndarray:
+            return np.unpackbits(data[key], count=n).reshape(shape).astype(bool)
+
+        names = json.loads(str(data["names"]))
+        case = Case(
+            patient_id=patient_dir.name,
+            ct_hu=ct,
+            spacing_mm=tuple(float(v) for v in data["spacing_mm"]),
+            structures={name: unpack(f"mask_{name}") for name in names},
+            possible_dose_mask=unpack("possible_dose_mask"),
+            dose_gy=data["dose_gy"] if "dose_gy" in data else None,
+            source=patient_dir,
+        )
+        report = CaseReport(patient_dir.name, patient_dir)
+        for severity, code, message, where, fix in json.loads(str(data["findings"])):
+            report.findings.append(Finding(Severity(severity), code, message, Path(where) if where else None, fix))
+    return case, report
+
+
+def write_prediction(path: Path | str, dose_gy: np.ndarray) -> Path:
+    """Write a dose as an OpenKBP prediction file (``,data`` header, non-zero voxels), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = np.asarray(dose_gy, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(flat)):
+        raise PredictionFileError(f"refusing to write {path}: the dose holds non-finite values")
+    index = np.flatnonzero(flat)
+    frame = pd.DataFrame({"data": flat[index]}, index=pd.Index(index))
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        frame.to_csv(handle, float_format="%.6g")
+    os.replace(handle.name, path)
+    return path
+
+
+def read_prediction(path: Path | str, shape: tuple[int, int, int] = (128, 128, 128)) -> np.ndarray:
+    """Read an OpenKBP prediction file into a dense float64 dose in Gy (zero where not listed)."""
+    path = Path(path)
+    fix = "write it as OpenKBP prediction CSV: header ',data', rows 'flat_index,dose' (fedrt predict does this)"
+    try:
+        index, values = _read_sparse(path)
+    except FileNotFoundError as exc:
+        raise PredictionFileError(f"{path}: prediction file not found") from exc
+    except (ValueError, OSError, EOFError, pd.errors.ParserError) as exc:
+        raise PredictionFileError(f"{path}: not an OpenKBP prediction file ({exc}); {fix}") from exc
+    if not _index_in_range(index, shape):
+        raise PredictionFileError(f"{path}: flat indices outside the {shape} grid; {fix}")
+    if not np.all(np.isfinite(values)):
+        raise PredictionFileError(f"{path}: {int(np.sum(~np.isfinite(values)))} non-finite doses; {fix}")
+    return _dense(index, values, shape, np.float64)

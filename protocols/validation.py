@@ -1,0 +1,92 @@
+"""One validation policy for every reader: findings per case, and what to do with them (ignore/warn/raise)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class Policy(StrEnum):
+    """What a reader does with a case that has findings."""
+
+    IGNORE = "ignore"
+    WARN = "warn"
+    RAISE = "raise"
+
+
+class Severity(StrEnum):
+    """ERROR makes a case unusable; WARNING is suspicious but usable; NOTE is normal but worth reporting."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    NOTE = "note"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem with one case, with the file it concerns and how to fix it."""
+
+    severity: Severity
+    code: str
+    message: str
+    path: Path | None = None
+    fix: str = ""
+
+    def __str__(self) -> str:
+        where = f" [{self.path}]" if self.path else ""
+        fix = f" Fix: {self.fix}" if self.fix else ""
+        return f"{self.severity}: {self.code}: {self.message}{where}.{fix}"
+
+
+@dataclass
+class CaseReport:
+    """Everything found while reading one case."""
+
+    patient_id: str
+    path: Path | None
+    findings: list[Finding] = field(default_factory=list)
+
+    def add(self, severity: Severity, code: str, message: str, path: Path | None = None, fix: str = "") -> None:
+        self.findings.append(Finding(severity, code, message, path, fix))
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == Severity.ERROR]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == Severity.WARNING]
+
+    @property
+    def usable(self) -> bool:
+        return not self.errors
+
+    @property
+    def status(self) -> str:
+        return "error" if self.errors else "warning" if self.warnings else "ok"
+
+
+class DataValidationError(ValueError):
+    """Raised under ``Policy.RAISE``: the message lists every error and warning with its file and fix."""
+
+    def __init__(self, report: CaseReport):
+        self.report = report
+        lines = [f"patient {report.patient_id} ({report.path}) failed validation:"]
+        lines += [f"  {f}" for f in report.findings if f.severity != Severity.NOTE]
+        super().__init__("\n".join(lines))
+
+
+def apply_policy(report: CaseReport, policy: Policy | str) -> None:
+    """Act on a report: raise on errors or warnings, log them, or stay silent, as the policy says."""
+    policy = Policy(policy)
+    serious = [f for f in report.findings if f.severity != Severity.NOTE]
+    if not serious or policy == Policy.IGNORE:
+        return
+    if policy == Policy.RAISE:
+        raise DataValidationError(report)
+    for finding in serious:
+        log.warning("patient %s: %s", report.patient_id, finding)

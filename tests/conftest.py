@@ -1,0 +1,29 @@
+"""Shared fixtures: the real OpenKBP patients in ../shared/data and an isolated case cache."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OPENKBP = REPO.parent / "shared" / "data" / "openkbp"
+
+# One cache for the whole test session, so each real patient is parsed from CSV once.
+os.environ.setdefault("FEDRT_CACHE", tempfile.mkdtemp(prefix="fedrt-test-cache-"))
+
+
+@pytest.fixture(scope="session")
+def openkbp_root() -> Path:
+    if not OPENKBP.is_dir():
+        pytest.fail(f"shared OpenKBP data not found at {OPENKBP}; the tests expect ../shared/data/openkbp")
+    return OPENKBP
+
+
+@pytest.fixture(scope="session")
+def protocol():
+    from protocols.protocol import load_protocol
+
+    return load_protocol("hn-openkbp")
