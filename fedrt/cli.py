@@ -7,9 +7,9 @@ import logging
 import sys
 
 from fedrt import __version__
-from fedrt.commands import data, evaluate
+from fedrt.commands import data, evaluate, phantoms, predict, train
 
-COMMANDS = (data, evaluate)
+COMMANDS = (train, predict, evaluate, data, phantoms)
 
 
 class UserError(Exception):

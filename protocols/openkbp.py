@@ -221,7 +221,7 @@ def _load_cached(path: Path, patient_dir: Path) -> tuple[Case, CaseReport]:
             spacing_mm=tuple(float(v) for v in data["spacing_mm"]),
             structures={name: unpack(f"mask_{name}") for name in names},
             possible_dose_mask=unpack("possible_dose_mask"),
-            dose_gy=data["dose_gy"] if "dose_gy" in data else None,
+            dose_gy=data.get("dose_gy"),
             source=patient_dir,
         )
         report = CaseReport(patient_dir.name, patient_dir)

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 DEFINITIONS = "definitions"
-_METRIC = re.compile(r"^(Dmean|D(?P<cc>\d+(\.\d+)?)cc|D(?P<pct>\d+(\.\d+)?))$")
+METRIC_PATTERN = re.compile(r"^(Dmean|D(?P<cc>\d+(\.\d+)?)cc|D(?P<pct>\d+(\.\d+)?))$")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class ClinicalGoal:
     limit_rx: float | None = None
 
     def __post_init__(self) -> None:
-        if not _METRIC.match(self.metric):
+        if not METRIC_PATTERN.match(self.metric):
             raise ValueError(f"goal {self}: metric must be Dmean, D<x>cc or D<p>, got {self.metric!r}")
         if self.op not in ("<=", ">="):
             raise ValueError(f"goal {self}: op must be '<=' or '>=', got {self.op!r}")

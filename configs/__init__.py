@@ -1,0 +1,1 @@
+"""Hydra configuration for every fedrt command (composed with ``fedrt.config.compose``)."""

@@ -1,0 +1,63 @@
+"""``fedrt predict --model MODEL --data PATH --out DIR``: dose as OpenKBP prediction files, or OAR masks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("predict", help="run a trained model on a dataset or one patient")
+    parser.add_argument("--model", required=True, help="checkpoint file written by fedrt train")
+    parser.add_argument("--data", required=True, help="a dataset folder or one patient folder (OpenKBP layout)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--policy", default="warn", choices=["ignore", "warn", "raise"],
+                        help="what to do with flawed input cases (default warn: report and skip)")
+    parser.set_defaults(run=run)
+
+
+def write_masks(patient_dir: Path, masks: dict[str, np.ndarray]) -> None:
+    """One OpenKBP mask file per structure (``,data`` header, ``flat_index,`` rows), the patient folder atomically."""
+    patient_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=patient_dir.parent, prefix=f".{patient_dir.name}-"))
+    try:
+        for name, mask in masks.items():
+            index = np.flatnonzero(mask.ravel())
+            pd.DataFrame({"data": [""] * index.size}, index=pd.Index(index)).to_csv(staging / f"{name}.csv")
+        if patient_dir.exists():
+            shutil.rmtree(patient_dir)
+        os.replace(staging, patient_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from models import loop
+    from models.checkpoint import load_checkpoint
+    from protocols.dataset import ProtocolDataset
+    from protocols.openkbp import write_prediction
+
+    model = load_checkpoint(args.model)
+    task = model.task
+    dataset = ProtocolDataset(Path(args.data), task.protocol, args.policy, require_dose=False)
+    out = Path(args.out)
+    written = 0
+    for patient_dir in tqdm(dataset.patient_dirs, desc=f"predict {task.name}", unit="patient"):
+        case, _ = dataset.load(patient_dir)
+        if case is None:
+            continue
+        prediction = loop.predict(model.network, task, case)
+        if task.name == "dose":
+            write_prediction(out / f"{case.patient_id}.csv", prediction)
+        else:
+            write_masks(out / case.patient_id, prediction)
+        written += 1
+    print(f"{written} of {len(dataset)} patients predicted into {out}")
+    return 0 if written == len(dataset) else 1

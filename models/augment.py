@@ -1,0 +1,71 @@
+"""Patch sampling and augmentation as MONAI dictionary transforms over the keys image, target and mask."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.transforms import Compose, MapTransform, RandCropByPosNegLabeld, RandomizableTransform
+
+KEYS = ("image", "target", "mask")
+# Spatial axis 1 runs patient right -> left (protocols.case.AXES); channel-first tensors put it at dim 2.
+LATERAL_DIM = 2
+
+
+class RandLateralFlipd(RandomizableTransform, MapTransform):
+    """Flip left-right and swap mirrored channels (LeftParotid <-> RightParotid) so labels stay anatomical."""
+
+    def __init__(self, permutations: Mapping[str, Sequence[int]], prob: float = 0.5):
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, list(permutations))
+        self.permutations = {k: list(v) for k, v in permutations.items()}
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        self.randomize(None)
+        out = dict(data)
+        if self._do_transform:
+            for key, perm in self.permutations.items():
+                out[key] = torch.flip(out[key], dims=(LATERAL_DIM,))[perm]
+        return out
+
+
+class RandIntensityJitterd(RandomizableTransform, MapTransform):
+    """Scale and shift the CT channel slightly, so the model tolerates scanner calibration differences."""
+
+    def __init__(self, key: str, amount: float, prob: float = 0.5):
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, [key])
+        self.amount = amount
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        self.randomize(None)
+        out = dict(data)
+        if self._do_transform and self.amount > 0:
+            scale, shift = 1 + self.R.uniform(-self.amount, self.amount), self.R.uniform(-self.amount, self.amount)
+            image = out[self.keys[0]].clone()
+            image[0] = image[0] * scale + shift
+            out[self.keys[0]] = image
+        return out
+
+
+def training_transform(patch: Sequence[int], permutations: Mapping[str, Sequence[int]], flip: bool,
+                       jitter: float, seed: int) -> Compose:
+    """Crop a patch centred on foreground two times in three, then flip and jitter."""
+    transforms = [
+        RandCropByPosNegLabeld(keys=list(KEYS), label_key="fg", spatial_size=list(patch), pos=2, neg=1,
+                               num_samples=1, fg_indices_key="fg_idx", bg_indices_key="bg_idx",
+                               allow_smaller=True),
+        RandIntensityJitterd("image", jitter),
+    ]
+    if flip:
+        transforms.append(RandLateralFlipd(permutations))
+    compose = Compose(transforms)
+    compose.set_random_state(seed=seed)
+    return compose
+
+
+def foreground_indices(fg: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of foreground and background voxels, computed once per case for the crop sampler."""
+    flat = fg.reshape(-1).numpy() > 0
+    return np.flatnonzero(flat), np.flatnonzero(~flat)

@@ -1,0 +1,61 @@
+"""Centralised training from a composed config: load the split, run the one loop, validate, save a checkpoint."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from models import loop
+from models.checkpoint import save_checkpoint
+from models.config import ModelConfig, TrainConfig, from_mapping
+from models.tasks import Task, make_task
+from protocols.protocol import load_protocol
+from protocols.splits import DataSplit, load_split
+
+
+@dataclass
+class TrainingOutcome:
+    """Where the checkpoint went and how training and validation went."""
+
+    checkpoint: Path
+    result: loop.TrainResult
+    validation: dict[str, float]
+
+
+def task_from_config(config: DictConfig) -> Task:
+    model = from_mapping(ModelConfig, OmegaConf.to_container(config.model, resolve=True))
+    for size in model.patch:
+        if size % model.divisor:
+            raise ValueError(f"model.patch {list(model.patch)} must be multiples of {model.divisor} "
+                             f"(one halving per stride in model.strides)")
+    return make_task(config.task.name, load_protocol(config.protocol), model)
+
+
+def train_config(config: DictConfig) -> TrainConfig:
+    return from_mapping(TrainConfig, {**OmegaConf.to_container(config.train, resolve=True), "seed": config.seed})
+
+
+def load_data(config: DictConfig, task: Task) -> DataSplit:
+    return load_split(OmegaConf.to_container(config.data, resolve=True), task.protocol, config.policy, config.seed)
+
+
+def default_output(task_name: str) -> Path:
+    return Path("runs") / f"{task_name}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+
+
+def run_training(config: DictConfig, progress: bool = True) -> TrainingOutcome:
+    """Train centrally on the config's data; the checkpoint carries the composed config for provenance."""
+    task = task_from_config(config)
+    split = load_data(config, task)
+    network = task.build_network()
+    prepared = [task.prepare(case) for case in split.train]
+    result = loop.train(network, task, prepared, train_config(config), progress=progress)
+    validation = loop.evaluate(network, task, split.val, progress=progress) if split.val else {}
+    output = Path(config.output) if config.output else default_output(task.name)
+    metadata = {"config": OmegaConf.to_container(config, resolve=True), "data_root": str(split.root),
+                "train_cases": len(split.train), "validation": validation, "loss_history": result.history}
+    save_checkpoint(output, task, network, metadata)
+    return TrainingOutcome(output, result, validation)

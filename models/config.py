@@ -1,0 +1,55 @@
+"""Typed model and training settings, built from the Hydra config (``configs/``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network size and the resolution it works at (``downsample`` 1 = native grid, 2 = half)."""
+
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    res_units: int = 1
+    dropout: float = 0.0
+    downsample: int = 1
+    patch: tuple[int, int, int] = (96, 96, 96)
+
+    @property
+    def divisor(self) -> int:
+        """Spatial sizes fed to the network are multiples of this (one halving per stride)."""
+        out = 1
+        for s in self.strides:
+            out *= s
+        return out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the one training loop runs: budget (epochs and/or minutes), optimiser, augmentation, FedProx."""
+
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    batch_size: int = 2
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    schedule: str = "cosine"
+    flip: bool = True
+    intensity_jitter: float = 0.05
+    max_minutes: float | None = None
+    proximal_mu: float = 0.0
+    seed: int = 0
+    threads: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def from_mapping(cls: type, data: dict[str, Any] | None):
+    """Build a config dataclass from a mapping, turning lists into tuples; unknown keys are an error."""
+    data = dict(data or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

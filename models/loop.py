@@ -1,0 +1,143 @@
+"""The one train/evaluate loop. Centralised training, each federated site, server-side evaluation and the
+baselines all call ``train``, ``evaluate`` and ``predict`` from here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from torch import nn
+from tqdm import tqdm
+
+from models import encoding
+from models.augment import foreground_indices, training_transform
+from models.config import TrainConfig
+from models.tasks import Prepared, Task
+from protocols.case import Case
+
+
+@dataclass
+class TrainResult:
+    """What a training call did: mean loss per epoch, steps, wall time and the examples it learned from."""
+
+    history: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    num_examples: int = 0
+
+    @property
+    def loss(self) -> float:
+        return self.history[-1] if self.history else float("nan")
+
+
+def _padded(prep: Prepared, patch: Sequence[int]) -> dict[str, torch.Tensor | np.ndarray]:
+    """Tensors of one case padded up to the patch size (air in the CT channel), with crop-sampler indices."""
+    pads: list[int] = []
+    for size, want in reversed(list(zip(prep.image.shape[1:], patch, strict=True))):
+        extra = max(want - size, 0)
+        pads += [extra // 2, extra - extra // 2]
+    image = F.pad(prep.image, pads)
+    if any(pads):
+        image[0] = F.pad(prep.image[0] + 1.0, pads) - 1.0
+    item = {"image": image, "target": F.pad(prep.target, pads), "mask": F.pad(prep.mask, pads)}
+    fg = item["mask"] if prep.target.shape[0] == 1 else item["target"].amax(0, keepdim=True)
+    item["fg"] = fg
+    item["fg_idx"], item["bg_idx"] = foreground_indices(fg)
+    return item
+
+
+def _learning_rate(config: TrainConfig, progress: float) -> float:
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule == "cosine":
+        return config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    raise ValueError(f"unknown train.schedule {config.schedule!r}; choose cosine or constant")
+
+
+def _proximal_term(network: nn.Module, reference: list[torch.Tensor]) -> torch.Tensor:
+    """FedProx: squared distance of the trainable weights from the round's global weights."""
+    return sum(((p - r) ** 2).sum() for p, r in zip(network.parameters(), reference, strict=True))
+
+
+def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: TrainConfig,
+          progress: bool = True, label: str = "train") -> TrainResult:
+    """Train on random patches of the prepared cases for ``config.epochs`` (or until ``max_minutes``)."""
+    if not prepared:
+        raise ValueError("no training cases: check data.root and the validation report (fedrt data check)")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    patch = task.model_config.patch
+    items = [_padded(p, patch) for p in prepared]
+    transform = training_transform(patch, task.permutations(), config.flip, config.intensity_jitter, config.seed)
+    steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(items) / config.batch_size))
+    total = config.epochs * steps_per_epoch
+    budget_s = config.max_minutes * 60 if config.max_minutes else None
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    reference = [p.detach().clone() for p in network.parameters()] if config.proximal_mu > 0 else None
+    result = TrainResult(num_examples=len(prepared))
+    start = time.perf_counter()
+    network.train()
+    bar = tqdm(total=total, desc=f"{label} {task.name}", unit="step", disable=not progress, leave=False)
+    for _ in range(config.epochs):
+        order = rng.permutation(np.resize(np.arange(len(items)), steps_per_epoch * config.batch_size))
+        losses = []
+        for step in range(steps_per_epoch):
+            elapsed = time.perf_counter() - start
+            fraction = max(result.steps / total, elapsed / budget_s if budget_s else 0.0)
+            if budget_s and elapsed >= budget_s:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(config, fraction)
+            picks = order[step * config.batch_size:(step + 1) * config.batch_size]
+            samples = [transform(items[i])[0] for i in picks]
+            batch = {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in ("image", "target", "mask")}
+            batch["labelled"] = torch.stack([prepared[i].labelled for i in picks])
+            loss = task.loss(network(batch["image"]), batch)
+            if reference is not None:
+                loss = loss + 0.5 * config.proximal_mu * _proximal_term(network, reference)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            result.steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if losses:
+            result.history.append(float(np.mean(losses)))
+        if budget_s and time.perf_counter() - start >= budget_s:
+            break
+    bar.close()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+@torch.no_grad()
+def predict(network: nn.Module, task: Task, case: Case):
+    """Predict one case on its native grid: sliding-window inference at the model's resolution, resampled back."""
+    crop = task.crop(case)
+    image = encoding.to_working(task.inputs(case), crop)[None]
+    roi = [min(p, s) for p, s in zip(task.model_config.patch, image.shape[2:], strict=True)]
+    was_training = network.training
+    network.eval()
+    output = sliding_window_inference(image, roi, sw_batch_size=2, predictor=network, overlap=0.25,
+                                      mode="gaussian")
+    network.train(was_training)
+    return task.postprocess(output[0], case, crop)
+
+
+def evaluate(network: nn.Module, task: Task, cases: Iterable[Case], progress: bool = False) -> dict[str, float]:
+    """The task's metrics over the cases, each predicted on its native grid, plus ``num-examples``."""
+    scores = [task.score(case, predict(network, task, case))
+              for case in tqdm(list(cases), desc=f"evaluate {task.name}", disable=not progress, leave=False)]
+    if not scores:
+        raise ValueError("no cases to evaluate on")
+    return {**task.summarize(scores), "num-examples": float(len(scores))}

@@ -1,0 +1,121 @@
+"""The networks and the one loop: encoding, flips, weight round trip, checkpoints, a short run lowers the loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models import encoding, loop
+from models.augment import RandLateralFlipd
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.config import ModelConfig, TrainConfig
+from models.tasks import make_task
+from models.weights import get_weights, set_weights
+from protocols.openkbp import load_openkbp_case
+
+SMALL = ModelConfig(channels=(4, 8, 16), strides=(2, 2), res_units=0, downsample=2, patch=(32, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def cases(openkbp_root, protocol):
+    return [load_openkbp_case(openkbp_root / "train-pats" / f"pt_{i}", protocol)[0] for i in (1, 2)]
+
+
+def test_dose_inputs_encode_targets_by_prescription(cases, protocol):
+    case = cases[0]
+    image = encoding.dose_inputs(case, protocol)
+    assert image.shape == (3 + len(protocol.oars), *case.shape)
+    targets = image[1 + len(protocol.oars)]
+    assert targets[case.structures["PTV70"]].max() == pytest.approx(1.0)
+    only56 = case.structures["PTV56"] & ~case.structures["PTV63"] & ~case.structures["PTV70"]
+    assert np.allclose(targets[only56], 56 / 70)
+
+
+def test_lateral_flip_swaps_left_and_right_parotid_channels(cases, protocol):
+    task = make_task("seg", protocol, SMALL)
+    prep = task.prepare(cases[0])
+    flip = RandLateralFlipd(task.permutations(), prob=1.0)
+    out = flip({"image": prep.image, "target": prep.target, "mask": prep.mask})
+    left, right = protocol.oars.index("LeftParotid"), protocol.oars.index("RightParotid")
+    torch.testing.assert_close(out["target"][left], torch.flip(prep.target[right], dims=(1,)))
+    torch.testing.assert_close(out["target"][right], torch.flip(prep.target[left], dims=(1,)))
+    # After the flip the channel called "LeftParotid" still lies on the patient's left (larger axis 1).
+    left_centre = torch.nonzero(out["target"][left]).float().mean(0)[1]
+    right_centre = torch.nonzero(out["target"][right]).float().mean(0)[1]
+    assert left_centre > right_centre
+
+
+def test_weights_round_trip_exactly_including_buffers(protocol):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.BatchNorm3d(2))
+    net(torch.randn(2, 1, 5, 5, 5))  # updates BatchNorm running statistics (buffers)
+    weights = get_weights(net)
+    assert len(weights) == len(net.state_dict()) == 7
+    other = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.BatchNorm3d(2))
+    set_weights(other, weights)
+    for a, b in zip(get_weights(other), weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="expected shape"):
+        set_weights(other, [w[..., :1] if w.ndim == 5 else w for w in weights])
+    with pytest.raises(ValueError, match="weight arrays"):
+        set_weights(other, weights[:-1])
+
+
+def test_short_training_lowers_the_loss_for_both_tasks(cases, protocol):
+    for name in ("dose", "seg"):
+        task = make_task(name, protocol, SMALL)
+        torch.manual_seed(0)
+        net = task.build_network()
+        prepared = [task.prepare(c) for c in cases]
+        result = loop.train(net, task, prepared, TrainConfig(epochs=8, steps_per_epoch=4, batch_size=2, lr=0.01,
+                                                             flip=False), progress=False)
+        assert result.steps == 32 and result.num_examples == 2
+        assert result.history[-1] < result.history[0], (name, result.history)
+
+
+def test_fedprox_term_keeps_weights_near_the_start(cases, protocol):
+    task = make_task("dose", protocol, SMALL)
+    prepared = [task.prepare(cases[0])]
+    moved = []
+    for mu in (0.0, 100.0):
+        torch.manual_seed(0)
+        net = task.build_network()
+        start = [w.copy() for w in get_weights(net)]
+        loop.train(net, task, prepared, TrainConfig(epochs=3, steps_per_epoch=3, batch_size=1, lr=0.01,
+                                                    proximal_mu=mu), progress=False)
+        moved.append(sum(float(np.sum((a - b) ** 2)) for a, b in zip(get_weights(net), start, strict=True)))
+    assert moved[1] < moved[0]
+
+
+def test_prediction_is_native_grid_and_checkpoint_round_trip(cases, protocol, tmp_path):
+    task = make_task("dose", protocol, SMALL)
+    torch.manual_seed(0)
+    net = task.build_network()
+    case = cases[0]
+    dose = loop.predict(net, task, case)
+    assert dose.shape == case.shape and dose.dtype == np.float32
+    assert np.all(dose[~case.possible_dose_mask] == 0) and np.all(dose >= 0)
+    path = save_checkpoint(tmp_path / "m.pt", task, net, {"note": "test"})
+    loaded = load_checkpoint(path)
+    assert loaded.task.name == "dose" and loaded.task.model_config == SMALL
+    assert loaded.metadata == {"note": "test"}
+    np.testing.assert_array_equal(loop.predict(loaded.network, loaded.task, case), dose)
+
+
+def test_evaluate_reports_task_metrics(cases, protocol):
+    task = make_task("seg", protocol, SMALL)
+    net = task.build_network()
+    metrics = loop.evaluate(net, task, cases[:1])
+    assert metrics["num-examples"] == 1
+    assert 0.0 <= metrics["dice_mean"] <= 1.0
+    assert "dice_SpinalCord" in metrics and "dice_Esophagus" not in metrics  # pt_1 has no esophagus contour
+
+
+def test_bad_checkpoint_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "x.pt"
+    path.write_text("hello")
+    with pytest.raises(ValueError, match="not a fedrt checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="fedrt train"):
+        load_checkpoint(tmp_path / "missing.pt")

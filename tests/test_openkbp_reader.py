@@ -1,0 +1,118 @@
+"""The OpenKBP reader on real shared patients: shapes, units, geometry, caching and validation findings."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedrt.cli import main
+from protocols.case import AXES
+from protocols.dataset import ProtocolDataset, find_patient_dirs
+from protocols.openkbp import load_openkbp_case, read_openkbp_case
+from protocols.validation import DataValidationError, Policy
+
+
+def test_real_patient_has_expected_shapes_units_and_geometry(openkbp_root, protocol):
+    case, report = load_openkbp_case(openkbp_root / "train-pats" / "pt_1", protocol, Policy.RAISE)
+    assert report.usable
+    assert case.shape == (128, 128, 128)
+    assert case.spacing_mm == pytest.approx((3.906, 3.906, 2.5))
+    assert case.ct_hu.dtype == np.float32 and case.ct_hu.min() == -1000.0
+    body = case.ct_hu[case.possible_dose_mask]
+    assert -200 < np.median(body) < 200, "soft tissue should sit near 0 HU"
+    assert 60 < case.dose_gy.max() < 85, "plans are 70 Gy SIB in 35 fractions"
+    assert case.dose_gy[case.structures["PTV70"]].mean() > 65
+    # Axes: cord is posterior to the mandible (axis 0), left parotid at larger axis 1, brainstem superior (axis 2).
+    centre = {n: np.argwhere(m).mean(0) for n, m in case.structures.items()}
+    assert AXES[0].startswith("anterior") and centre["SpinalCord"][0] > centre["Mandible"][0]
+    assert centre["LeftParotid"][1] > centre["RightParotid"][1]
+    assert centre["Brainstem"][2] < centre["SpinalCord"][2]
+
+
+def test_uncontoured_structures_are_notes_not_errors(openkbp_root, protocol):
+    _, report = load_openkbp_case(openkbp_root / "train-pats" / "pt_1", protocol, Policy.RAISE)
+    codes = {(f.severity, f.code) for f in report.findings}
+    assert codes == {("note", "missing-roi")}
+
+
+def _copy_patient(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    for path in dst.iterdir():
+        path.chmod(0o644)
+    return dst
+
+
+def test_cache_is_used_then_invalidated_when_a_source_changes(openkbp_root, protocol, tmp_path):
+    patient = _copy_patient(openkbp_root / "train-pats" / "pt_1", tmp_path / "pt_1")
+    cache = tmp_path / "cache"
+    first, _ = load_openkbp_case(patient, protocol, cache_dir=cache)
+    assert len(list(cache.rglob("*.npz"))) == 1
+    again, _ = load_openkbp_case(patient, protocol, cache_dir=cache)
+    np.testing.assert_array_equal(first.ct_hu, again.ct_hu)
+    np.testing.assert_array_equal(first.dose_gy, again.dose_gy)
+    assert first.structures.keys() == again.structures.keys()
+    for name in first.structures:
+        np.testing.assert_array_equal(first.structures[name], again.structures[name])
+
+    time.sleep(0.01)
+    with gzip.open(patient / "dose.csv.gz", "wt") as handle:
+        handle.write(",data\n0,5.0\n")
+    changed, _ = load_openkbp_case(patient, protocol, cache_dir=cache)
+    assert changed.dose_gy.sum() == pytest.approx(5.0)
+    assert len(list(cache.rglob("*.npz"))) == 1, "the stale cache entry is removed"
+
+
+def test_plain_csv_is_read_like_gzip(openkbp_root, protocol, tmp_path):
+    patient = _copy_patient(openkbp_root / "train-pats" / "pt_1", tmp_path / "pt_1")
+    for path in patient.glob("*.csv.gz"):
+        path.with_suffix("").write_bytes(gzip.decompress(path.read_bytes()))
+        path.unlink()
+    plain, _ = read_openkbp_case(patient, protocol)
+    gz, _ = read_openkbp_case(openkbp_root / "train-pats" / "pt_1", protocol)
+    np.testing.assert_array_equal(plain.ct_hu, gz.ct_hu)
+    np.testing.assert_array_equal(plain.dose_gy, gz.dose_gy)
+
+
+@pytest.mark.parametrize(
+    ("damage", "code"),
+    [
+        (lambda p: (p / "ct.csv.gz").unlink(), "missing-file"),
+        (lambda p: (p / "dose.csv.gz").write_bytes(gzip.compress(b",data\n0,nan\n5,1.0\n")), "nan"),
+        (lambda p: (p / "ct.csv.gz").write_bytes(gzip.compress(b",data\n2097152,10\n")), "wrong-shape"),
+        (lambda p: (p / "Brainstem.csv.gz").write_bytes(gzip.compress(b",data\n")), "empty-mask"),
+        (lambda p: (p / "voxel_dimensions.csv.gz").write_bytes(gzip.compress(b"3.9\n3.9\n")), "wrong-shape"),
+        (lambda p: (p / "possible_dose_mask.csv.gz").write_bytes(b"not gzip"), "unreadable"),
+    ],
+)
+def test_damaged_patient_is_reported_with_file_and_fix(openkbp_root, protocol, tmp_path, damage, code):
+    patient = _copy_patient(openkbp_root / "train-pats" / "pt_1", tmp_path / "pt_1")
+    damage(patient)
+    _, report = read_openkbp_case(patient, protocol)
+    found = [f for f in report.findings if f.code == code]
+    assert found, report.findings
+    assert found[0].path is not None and found[0].fix
+    if found[0].severity == "error":
+        with pytest.raises(DataValidationError, match=code):
+            load_openkbp_case(patient, protocol, Policy.RAISE, cache_dir=tmp_path / "cache")
+
+
+def test_dataset_finds_patients_in_split_folders_in_natural_order(openkbp_root, protocol):
+    dirs = find_patient_dirs(openkbp_root)
+    assert len(dirs) == 50
+    train = ProtocolDataset(openkbp_root / "train-pats", protocol)
+    assert [p.name for p in train.patient_dirs[:3]] == ["pt_1", "pt_2", "pt_3"]
+
+
+def test_data_check_command_reports_each_patient(openkbp_root, tmp_path, capsys):
+    _copy_patient(openkbp_root / "train-pats" / "pt_1", tmp_path / "pt_1")
+    broken = _copy_patient(openkbp_root / "train-pats" / "pt_2", tmp_path / "pt_2")
+    (broken / "possible_dose_mask.csv.gz").unlink()
+    assert main(["data", "check", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "pt_1" in out and "pt_2" in out and "missing-file" in out
+    assert "2 patients: 1 ok, 0 with warnings, 1 unusable" in out
