@@ -86,7 +86,8 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
     result = TrainResult(num_examples=len(prepared))
     start = time.perf_counter()
     network.train()
-    bar = tqdm(total=total, desc=f"{label} {task.name}", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=None if budget_s else total, desc=f"{label} {task.name}", unit="step", disable=not progress,
+               leave=False, postfix=f"budget {config.max_minutes:g} min" if budget_s else None)
     for _ in range(config.epochs):
         order = rng.permutation(np.resize(np.arange(len(items)), steps_per_epoch * config.batch_size))
         losses = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -260,3 +261,58 @@ def read_prediction(path: Path | str, shape: tuple[int, int, int] = (128, 128, 1
     if not np.all(np.isfinite(values)):
         raise PredictionFileError(f"{path}: {int(np.sum(~np.isfinite(values)))} non-finite doses; {fix}")
     return _dense(index, values, shape, np.float64)
+
+
+def write_sparse_csv(path: Path, values: np.ndarray, is_mask: bool, float_format: str) -> None:
+    """One array as OpenKBP's sparse CSV: header ',data', the non-zero voxels (masks with empty values)."""
+    flat = np.asarray(values).ravel()
+    index = np.flatnonzero(flat)
+    data = np.full(index.size, np.nan) if is_mask else flat[index].astype(np.float64)
+    # gzip level 1: several times faster than the default 9 for these files, about 10% larger
+    compression = {"method": "gzip", "compresslevel": 1, "mtime": 0} if path.suffix == ".gz" else None
+    pd.DataFrame({"data": data}, index=pd.Index(index)).to_csv(path, float_format=float_format,
+                                                               compression=compression)
+
+
+def write_openkbp_case(case: Case, patient_dir: Path | str, compress: bool = False,
+                       extra_files: dict[str, str] | None = None) -> Path:
+    """Write a case in the OpenKBP CSV layout (CT as HU + 1000 clipped to [0, 4095]), all files or none.
+
+    The folder is built next to ``patient_dir`` and renamed into place, replacing an earlier version.
+    ``compress`` writes ``NAME.csv.gz`` (as the shared data) instead of ``NAME.csv`` (as the challenge);
+    ``extra_files`` (file name -> text) are written alongside, e.g. a provenance record.
+    """
+    patient_dir = Path(patient_dir)
+    patient_dir.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".csv.gz" if compress else ".csv"
+    staging = Path(tempfile.mkdtemp(prefix=f".{patient_dir.name}.", dir=patient_dir.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the dataset folder is meant to be shared
+        ct_stored = np.clip(np.round(case.ct_hu) + CT_OFFSET, 0, CT_STORED_MAX)
+        write_sparse_csv(staging / f"ct{suffix}", ct_stored, False, "%.1f")
+        if case.dose_gy is not None:
+            write_sparse_csv(staging / f"dose{suffix}", np.maximum(case.dose_gy, 0), False, "%.6g")
+        mask = case.possible_dose_mask if case.possible_dose_mask is not None else np.ones(case.shape, bool)
+        write_sparse_csv(staging / f"possible_dose_mask{suffix}", mask, True, "%g")
+        for name, structure in case.structures.items():
+            if structure.any():
+                write_sparse_csv(staging / f"{name}{suffix}", structure, True, "%g")
+        np.savetxt(staging / f"voxel_dimensions{suffix}", np.asarray(case.spacing_mm, dtype=np.float64))
+        for name, content in (extra_files or {}).items():
+            (staging / name).write_text(content)
+        replace_dir(staging, patient_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return patient_dir
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move a finished folder into place; an older folder there is swapped out first, then deleted."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        os.replace(target, old / target.name)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

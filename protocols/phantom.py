@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from protocols.case import Case
-from protocols.openkbp import CT_OFFSET, CT_STORED_MAX, default_cache_dir
+from protocols.openkbp import default_cache_dir, write_openkbp_case
 from protocols.protocol import Grid, Protocol
 
 GENERATOR_VERSION = 1
@@ -313,33 +313,6 @@ def generate_phantom(
         possible_dose_mask=full(body),
         dose_gy=full(dose, 0.0),
     )
-
-
-def _write_sparse(path: Path, index: np.ndarray, values: np.ndarray | None, fmt: str = "") -> None:
-    """One OpenKBP sparse file: header ``,data``, rows ``flat_index,value`` (value empty for masks)."""
-    if values is None:
-        body = "".join(f"{i},\n" for i in index.tolist())
-    else:
-        body = "".join(f"{i},{v:{fmt}}\n" for i, v in zip(index.tolist(), values.tolist(), strict=True))
-    path.write_text(",data\n" + body)
-
-
-def write_openkbp_case(case: Case, patient_dir: Path) -> Path:
-    """Write a case in OpenKBP's CSV layout (CT stored as HU + 1000, air 0) into a new folder."""
-    patient_dir = Path(patient_dir)
-    patient_dir.mkdir(parents=True)
-    stored = np.clip(np.rint(case.ct_hu.ravel() + CT_OFFSET), 0.0, CT_STORED_MAX)
-    index = np.flatnonzero(stored)
-    _write_sparse(patient_dir / "ct.csv", index, stored[index], ".1f")
-    if case.dose_gy is not None:
-        dose = np.round(case.dose_gy.ravel().astype(np.float64), 3)
-        index = np.flatnonzero(dose)
-        _write_sparse(patient_dir / "dose.csv", index, dose[index], ".3f")
-    _write_sparse(patient_dir / "possible_dose_mask.csv", np.flatnonzero(case.possible_dose_mask), None)
-    for name, mask in case.structures.items():
-        _write_sparse(patient_dir / f"{name}.csv", np.flatnonzero(mask), None)
-    (patient_dir / "voxel_dimensions.csv").write_text("".join(f"{v:.6f}\n" for v in case.spacing_mm))
-    return patient_dir
 
 
 def _manifest(protocol: Protocol, n_patients: int, seed: int, grid: Grid) -> dict:

@@ -90,3 +90,18 @@ def apply_policy(report: CaseReport, policy: Policy | str) -> None:
         raise DataValidationError(report)
     for finding in serious:
         log.warning("patient %s: %s", report.patient_id, finding)
+
+
+def format_reports(reports: list[CaseReport]) -> str:
+    """One line per patient, then its findings indented; a summary line at the end."""
+    lines = []
+    for report in reports:
+        notes = [f.message for f in report.findings if f.severity == Severity.NOTE]
+        lines.append(f"{report.patient_id:<12} {report.status:<8} {report.path}")
+        lines += [f"    {f}" for f in report.findings if f.severity != Severity.NOTE]
+        if notes:
+            lines.append(f"    note: {'; '.join(notes)}")
+    counts = {s: sum(r.status == s for r in reports) for s in ("ok", "warning", "error")}
+    lines.append(f"{len(reports)} patients: {counts['ok']} ok, {counts['warning']} with warnings, "
+                 f"{counts['error']} unusable")
+    return "\n".join(lines)

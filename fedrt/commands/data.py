@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from fedrt.commands.dicom import add_import_dicom
 from protocols.dataset import ProtocolDataset
 from protocols.protocol import load_protocol
-from protocols.validation import CaseReport, Policy, Severity
+from protocols.validation import Policy, format_reports
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,21 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--no-dose", action="store_true", help="do not require dose (inputs for prediction)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(run=run_check)
-
-
-def format_report(reports: list[CaseReport]) -> str:
-    """One line per patient, then its findings indented; a summary line at the end."""
-    lines = []
-    for report in reports:
-        notes = [f.message for f in report.findings if f.severity == Severity.NOTE]
-        lines.append(f"{report.patient_id:<12} {report.status:<8} {report.path}")
-        lines += [f"    {f}" for f in report.findings if f.severity != Severity.NOTE]
-        if notes:
-            lines.append(f"    note: {'; '.join(notes)}")
-    counts = {s: sum(r.status == s for r in reports) for s in ("ok", "warning", "error")}
-    lines.append(f"{len(reports)} patients: {counts['ok']} ok, {counts['warning']} with warnings, "
-                 f"{counts['error']} unusable")
-    return "\n".join(lines)
+    add_import_dicom(sub)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -46,5 +33,5 @@ def run_check(args: argparse.Namespace) -> int:
                                          "path": str(f.path or ""), "fix": f.fix} for f in r.findings]}
                           for r in reports], indent=2))
     else:
-        print(format_report(reports))
+        print(format_reports(reports))
     return 1 if any(not r.usable for r in reports) else 0

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
+
+from protocols.openkbp import replace_dir, write_sparse_csv
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,13 +29,11 @@ def write_masks(patient_dir: Path, masks: dict[str, np.ndarray]) -> None:
     staging = Path(tempfile.mkdtemp(dir=patient_dir.parent, prefix=f".{patient_dir.name}-"))
     try:
         for name, mask in masks.items():
-            index = np.flatnonzero(mask.ravel())
-            pd.DataFrame({"data": [""] * index.size}, index=pd.Index(index)).to_csv(staging / f"{name}.csv")
-        if patient_dir.exists():
-            shutil.rmtree(patient_dir)
-        os.replace(staging, patient_dir)
-    finally:
+            write_sparse_csv(staging / f"{name}.csv", mask, True, "%g")
+        replace_dir(staging, patient_dir)
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def run(args: argparse.Namespace) -> int:

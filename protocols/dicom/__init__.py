@@ -1,0 +1,6 @@
+"""DICOM RT in and out: readers (CT, RTSTRUCT, RTDOSE, RTPLAN) into cases, writers, and the dataset import.
+
+Modules, one job each: ``geometry`` (grids in patient space, resampling), ``raster`` (contours <-> masks),
+``names`` (structure-name mapping), ``ct``/``rtstruct``/``rtdose``/``rtplan`` (readers), ``study`` (one
+patient's objects -> a case), ``importer`` (folders -> protocol dataset), ``export`` (writers).
+"""

@@ -1,0 +1,285 @@
+"""Write DICOM: a CT series, an RT Structure Set from masks and an RT Dose, all in one study and frame.
+
+Every object carries the Patient, General Study, Series, Frame of Reference, General Equipment and SOP
+Common modules and passes ``dciodvfy`` without errors. Contours are traced on the CT slices they belong to
+(``raster.trace_polygons``) and reference those slices, the CT series and the frame of reference. The dose
+is a multi-frame 16-bit grid on the CT grid with relative GridFrameOffsetVector (first value 0).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+from fedrt import __version__
+from protocols.case import Case
+from protocols.dicom.ct import CT_IMAGE_STORAGE
+from protocols.dicom.geometry import VolumeGrid
+from protocols.dicom.raster import trace_polygons
+from protocols.dicom.rtdose import RT_DOSE_STORAGE
+from protocols.dicom.rtplan import RT_PLAN_STORAGE
+from protocols.dicom.rtstruct import RT_STRUCTURE_SET_STORAGE
+from protocols.protocol import Protocol
+
+MANUFACTURER = "fedrt"
+PALETTE = ((255, 0, 0), (0, 160, 255), (0, 200, 0), (255, 160, 0), (200, 0, 255), (0, 220, 200),
+           (255, 90, 160), (150, 110, 40), (120, 120, 255), (200, 200, 0))
+DOSE_MAX_STORED = 2**16 - 1  # 16-bit dose: steps of max/65535 (about 1 mGy), read by every system
+
+
+@dataclass
+class StudyContext:
+    """Who and what the exported objects belong to: patient, study and frame of reference."""
+
+    patient_id: str
+    patient_name: str = ""
+    study_uid: str = field(default_factory=generate_uid)
+    frame_of_reference_uid: str = field(default_factory=generate_uid)
+    when: dt.datetime = field(default_factory=dt.datetime.now)
+
+
+@dataclass
+class CtReference:
+    """What an RT object needs to reference a written CT series: its UIDs and each slice's SOP instance."""
+
+    series_uid: str
+    sop_instance_uids: tuple[str, ...]
+
+
+@dataclass
+class ExportedStudy:
+    """Paths of what :func:`export_case` wrote."""
+
+    folder: Path
+    ct_files: list[Path]
+    rtstruct: Path | None
+    rtdose: Path | None
+
+
+def centred_grid(shape: tuple[int, int, int], spacing_mm: tuple[float, float, float]) -> VolumeGrid:
+    """A grid whose centre is the DICOM origin (0, 0, 0), for arrays that carry no position of their own."""
+    half = (np.asarray(shape) - 1) / 2.0 * np.asarray(spacing_mm)
+    return VolumeGrid(tuple(shape), tuple(float(s) for s in spacing_mm), (-half[1], -half[0], half[2]))
+
+
+def _base(context: StudyContext, sop_class: str, modality: str, series_uid: str, series_number: int,
+          instance: int) -> Dataset:
+    """A dataset with the modules every exported object shares, ready for its IOD-specific attributes."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    date, time = context.when.strftime("%Y%m%d"), context.when.strftime("%H%M%S")
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    ds.StudyDate, ds.StudyTime = date, time
+    ds.AccessionNumber = ""
+    ds.Modality = modality
+    ds.Manufacturer = MANUFACTURER
+    ds.ReferringPhysicianName = ""
+    name = context.patient_name or context.patient_id
+    ds.PatientName = name if "^" in name else f"{name}^"  # family^given: the bare form is a retired one
+    ds.PatientID = context.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.SoftwareVersions = __version__
+    ds.StudyInstanceUID = context.study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = instance
+    return ds
+
+
+def _save(ds: Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_ct_series(ct_hu: np.ndarray, grid: VolumeGrid, folder: Path, context: StudyContext) -> tuple[
+        CtReference, list[Path]]:
+    """One CT Image file per slice (axis 2, superior first), HU stored as signed 16-bit with slope 1."""
+    series_uid = generate_uid()
+    stored = np.clip(np.round(ct_hu), -32768, 32767).astype(np.int16)
+    uids, paths = [], []
+    for k in range(grid.shape[2]):
+        ds = _base(context, CT_IMAGE_STORAGE, "CT", series_uid, 1, k + 1)
+        ds.SeriesDescription = "CT"
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.PatientPosition = "HFS"
+        ds.Laterality = ""  # type 2C, unknown for arrays without anatomy metadata (dciodvfy: a warning)
+        ds.FrameOfReferenceUID = context.frame_of_reference_uid
+        ds.PositionReferenceIndicator = ""
+        ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
+        ds.AcquisitionNumber = 1
+        ds.PatientOrientation = ""
+        ds.ImagePositionPatient = [float(v) for v in grid.to_mm((0, 0, k))]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [float(grid.spacing_mm[0]), float(grid.spacing_mm[1])]
+        ds.SliceThickness = float(grid.spacing_mm[2])
+        ds.SliceLocation = ds.ImagePositionPatient[2]
+        ds.KVP = ""
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = grid.shape[0], grid.shape[1]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k]).tobytes()
+        uids.append(ds.SOPInstanceUID)
+        paths.append(_save(ds, folder / f"CT.{k + 1:04d}.dcm"))
+    return CtReference(series_uid, tuple(uids)), paths
+
+
+def write_rtstruct(masks: dict[str, np.ndarray], grid: VolumeGrid, ct: CtReference, path: Path,
+                   context: StudyContext, interpreted_types: dict[str, str] | None = None) -> Path:
+    """An RT Structure Set with one ROI per mask, contoured on the referenced CT slices."""
+    ds = _base(context, RT_STRUCTURE_SET_STORAGE, "RTSTRUCT", generate_uid(), 2, 1)
+    ds.SeriesDescription = "Structures"
+    ds.OperatorsName = ""
+    ds.FrameOfReferenceUID = context.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    ds.StructureSetLabel = "fedrt"
+    ds.StructureSetDate, ds.StructureSetTime = ds.StudyDate, ds.StudyTime
+    frame = Dataset()
+    frame.FrameOfReferenceUID = context.frame_of_reference_uid
+    study = Dataset()
+    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (retired, customary)
+    study.ReferencedSOPInstanceUID = context.study_uid
+    series = Dataset()
+    series.SeriesInstanceUID = ct.series_uid
+    series.ContourImageSequence = Sequence([_image_ref(uid) for uid in ct.sop_instance_uids])
+    study.RTReferencedSeriesSequence = Sequence([series])
+    frame.RTReferencedStudySequence = Sequence([study])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
+    rois, contours, observations = [], [], []
+    types = interpreted_types or {}
+    for number, (name, mask) in enumerate(masks.items(), start=1):
+        roi = Dataset()
+        roi.ROINumber = number
+        roi.ReferencedFrameOfReferenceUID = context.frame_of_reference_uid
+        roi.ROIName = name
+        roi.ROIGenerationAlgorithm = "MANUAL"
+        rois.append(roi)
+        item = Dataset()
+        item.ROIDisplayColor = list(PALETTE[(number - 1) % len(PALETTE)])
+        item.ContourSequence = Sequence(_contours(mask, grid, ct))
+        item.ReferencedROINumber = number
+        if not item.ContourSequence:
+            del item.ContourSequence
+        contours.append(item)
+        observation = Dataset()
+        observation.ObservationNumber = number
+        observation.ReferencedROINumber = number
+        observation.RTROIInterpretedType = types.get(name, "ORGAN")
+        observation.ROIInterpreter = ""
+        observations.append(observation)
+    ds.StructureSetROISequence = Sequence(rois)
+    ds.ROIContourSequence = Sequence(contours)
+    ds.RTROIObservationsSequence = Sequence(observations)
+    return _save(ds, path)
+
+
+def _image_ref(uid: str) -> Dataset:
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+    ref.ReferencedSOPInstanceUID = uid
+    return ref
+
+
+def _contours(mask: np.ndarray, grid: VolumeGrid, ct: CtReference) -> list[Dataset]:
+    items = []
+    for k in np.flatnonzero(mask.any(axis=(0, 1))):
+        for ring in trace_polygons(mask[:, :, k]):
+            index = np.column_stack([ring[:, 1], ring[:, 0], np.full(len(ring), float(k))])
+            points = grid.to_mm(index)
+            item = Dataset()
+            item.ContourImageSequence = Sequence([_image_ref(ct.sop_instance_uids[k])])
+            item.ContourGeometricType = "CLOSED_PLANAR"
+            item.NumberOfContourPoints = len(points)
+            item.ContourData = [f"{v:.3f}".rstrip("0").rstrip(".") for v in points.ravel()]
+            items.append(item)
+    return items
+
+
+def write_rtdose(dose_gy: np.ndarray, grid: VolumeGrid, path: Path, context: StudyContext,
+                 plan_uid: str) -> Path:
+    """A multi-frame RT Dose (unsigned 16-bit, DoseGridScaling in Gy) on the grid, frames superior first."""
+    ds = _base(context, RT_DOSE_STORAGE, "RTDOSE", generate_uid(), 3, 1)
+    ds.SeriesDescription = "Dose"
+    ds.OperatorsName = ""
+    ds.FrameOfReferenceUID = context.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
+    dose = np.maximum(np.asarray(dose_gy, dtype=np.float64), 0.0)
+    scaling = float(dose.max()) / DOSE_MAX_STORED if dose.max() > 0 else 1.0
+    scaling = float(f"{scaling:.8e}")  # DS holds at most 16 characters; round before scaling the pixels
+    stored = np.clip(np.round(dose / scaling), 0, DOSE_MAX_STORED).astype(np.uint16)
+    ds.ImagePositionPatient = [float(v) for v in grid.to_mm((0, 0, 0))]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [float(grid.spacing_mm[0]), float(grid.spacing_mm[1])]
+    ds.SliceThickness = float(grid.spacing_mm[2])
+    ds.NumberOfFrames = grid.shape[2]
+    ds.FrameIncrementPointer = 0x3004000C
+    ds.GridFrameOffsetVector = [-float(grid.spacing_mm[2]) * k for k in range(grid.shape[2])]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = grid.shape[0], grid.shape[1]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.DoseUnits, ds.DoseType, ds.DoseSummationType = "GY", "PHYSICAL", "PLAN"
+    ds.DoseGridScaling = scaling
+    plan = Dataset()
+    plan.ReferencedSOPClassUID = RT_PLAN_STORAGE
+    plan.ReferencedSOPInstanceUID = plan_uid
+    ds.ReferencedRTPlanSequence = Sequence([plan])
+    ds.PixelData = np.ascontiguousarray(stored.transpose(2, 0, 1)).tobytes()
+    return _save(ds, path)
+
+
+def export_case(case: Case, out_dir: Path | str, grid: VolumeGrid | None = None,
+                protocol: Protocol | None = None, context: StudyContext | None = None) -> ExportedStudy:
+    """Write a case as CT series + RTSTRUCT (+ RTDOSE when it has a dose) into an empty or new folder.
+
+    ``grid`` places the arrays in patient coordinates (default: centred on the DICOM origin); targets of
+    ``protocol`` get the interpreted type PTV, other structures ORGAN. The folder appears complete or not
+    at all (written next to it, then renamed).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir} exists and is not an empty folder; give a new or empty output folder")
+    grid = grid or centred_grid(case.shape, case.spacing_mm)
+    if grid.shape != case.shape:
+        raise ValueError(f"grid shape {grid.shape} does not match the case's arrays {case.shape}")
+    context = context or StudyContext(case.patient_id)
+    targets = set(protocol.targets) if protocol else {n for n in case.structures if n.upper().startswith("PTV")}
+    types = {name: "PTV" if name in targets else "ORGAN" for name in case.structures}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
+        ct_ref, ct_files = write_ct_series(case.ct_hu, grid, staging, context)
+        masks = {name: mask for name, mask in case.structures.items() if mask.any()}
+        rtstruct = write_rtstruct(masks, grid, ct_ref, staging / "RTSTRUCT.dcm", context, types)
+        rtdose = None
+        if case.dose_gy is not None:
+            rtdose = write_rtdose(case.dose_gy, grid, staging / "RTDOSE.dcm", context, generate_uid())
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportedStudy(out_dir, [out_dir / p.name for p in ct_files], out_dir / rtstruct.name,
+                         out_dir / rtdose.name if rtdose else None)

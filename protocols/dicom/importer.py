@@ -1,0 +1,276 @@
+"""Import a folder of DICOM RT exports (many patients, nested folders, any file names) as a protocol dataset.
+
+On-disk format: one, the OpenKBP CSV layout on the protocol grid (128^3 for hn-openkbp), because that is
+what training reads (``protocols.dataset.ProtocolDataset``). The patient is resampled onto the protocol's
+shape and spacing: centred in-plane on the body and along the slices on the targets, CT and dose trilinear,
+masks by linear interpolation thresholded at 0.5; a patient already on that grid is written unchanged.
+``fmt="fedrt"`` writes ``NAME.csv.gz`` plus ``dicom_import.json`` (source UIDs, the grid's position in
+patient space, the name match, the plan summary and the findings), so ``fedrt export-dicom`` can put the
+arrays back in place; ``fmt="openkbp"`` writes exactly the challenge's files (plain ``NAME.csv``).
+Each patient is read, resampled and written on its own: one bad patient never stops the others, and a
+patient folder appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from protocols.case import Case
+from protocols.dicom.attributes import MALFORMED, text
+from protocols.dicom.ct import CT_IMAGE_STORAGE
+from protocols.dicom.geometry import AXIS_DIRECTIONS, VolumeGrid, resample
+from protocols.dicom.names import build_name_table
+from protocols.dicom.rtdose import RT_DOSE_STORAGE
+from protocols.dicom.rtplan import RT_PLAN_STORAGE
+from protocols.dicom.rtstruct import RT_STRUCTURE_SET_STORAGE
+from protocols.dicom.study import DicomCase, PatientFiles, read_patient
+from protocols.openkbp import write_openkbp_case
+from protocols.protocol import Protocol, load_protocol
+from protocols.validation import CaseReport, DataValidationError, Policy, Severity, apply_policy
+
+log = logging.getLogger(__name__)
+FORMATS = ("fedrt", "openkbp")
+SIDECAR = "dicom_import.json"
+UNASSIGNED = "(unassigned files)"
+DEFER_BYTES = 64 * 1024  # larger values (pixel data, long contours) are read from the file when used
+KINDS = {CT_IMAGE_STORAGE: "CT", RT_STRUCTURE_SET_STORAGE: "RTSTRUCT", RT_DOSE_STORAGE: "RTDOSE",
+         RT_PLAN_STORAGE: "RTPLAN"}
+
+
+def read_dicom_header(path: Path) -> Dataset | None:
+    """A DICOM file's dataset (large values deferred); None for a file that is not DICOM at all.
+
+    Files without the Part 10 preamble (as some exports and pydicom's own samples) are read too, when
+    they hold a SOP Class UID. Anything else malformed raises one of ``attributes.MALFORMED``.
+    """
+    try:
+        return pydicom.dcmread(path, defer_size=DEFER_BYTES)
+    except InvalidDicomError:
+        pass
+    try:
+        with warnings.catch_warnings():  # pydicom's guesses about a file that may not be DICOM at all
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, defer_size=DEFER_BYTES, force=True)
+    except MALFORMED:
+        return None
+    return ds if text(ds, "SOPClassUID") else None
+
+
+def scan_folder(src: Path) -> tuple[dict[str, PatientFiles], CaseReport]:
+    """Group every DICOM file under ``src`` by patient and kind; the report lists files not used."""
+    skipped = CaseReport(UNASSIGNED, src)
+    patients: dict[str, PatientFiles] = {}
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        try:
+            ds = read_dicom_header(path)
+            if ds is None:
+                skipped.add(Severity.NOTE, "not-dicom", "not a DICOM file, ignored", path)
+                continue
+            kind = KINDS.get(text(ds, "SOPClassUID"), "")
+            if not kind:
+                skipped.add(Severity.NOTE, "not-used", f"{text(ds, 'Modality', '?')} object "
+                            f"({text(ds, 'SOPClassUID', '?')}) is not used by the import", path)
+                continue
+            patient_id = text(ds, "PatientID") or text(ds, "PatientName")
+            if not patient_id:
+                skipped.add(Severity.WARNING, "no-patient-id", f"{kind} file without PatientID or PatientName",
+                            path, "re-export the file with the patient's (pseudonymised) ID")
+                continue
+            files = patients.setdefault(patient_id, PatientFiles(patient_id))
+            if kind == "CT":
+                files.ct_series.setdefault(text(ds, "SeriesInstanceUID"), []).append((path, ds))
+            else:
+                {"RTSTRUCT": files.structure_sets, "RTDOSE": files.doses, "RTPLAN": files.plans}[kind].append(
+                    (path, ds))
+        except MALFORMED as exc:
+            skipped.add(Severity.WARNING, "unreadable", f"DICOM file cannot be parsed ({exc})", path,
+                        "re-export the file, or remove it if it is a damaged copy")
+    return patients, skipped
+
+
+def folder_name(patient_id: str, taken: set[str]) -> str:
+    """A safe folder name for a patient ID (no path separators or dots at the start), unique in ``taken``."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", patient_id).strip("._") or "patient"
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    taken.add(name)
+    return name
+
+
+def read_dicom_folder(src: Path | str, protocol: Protocol | str, name_overrides: Path | str | None = None,
+                      ) -> Iterator[tuple[DicomCase | None, CaseReport]]:
+    """Each patient under ``src`` as a case on its own CT grid with its report, before any policy is applied.
+
+    The last report (patient ``(unassigned files)``) lists files that belong to no patient, if any.
+    """
+    src, protocol = Path(src), _protocol(protocol)
+    if not src.is_dir():
+        raise FileNotFoundError(f"DICOM folder {src} does not exist; give the folder holding the export")
+    table = build_name_table(protocol, name_overrides)
+    patients, skipped = scan_folder(src)
+    taken: set[str] = set()
+    for patient_id, files in patients.items():
+        report = CaseReport(folder_name(patient_id, taken), files.folder)
+        yield _read_guarded(files, protocol, table, report), report
+    if skipped.findings:
+        yield None, skipped
+
+
+def load_dicom_cases(src: Path | str, protocol: Protocol | str, name_overrides: Path | str | None = None,
+                     policy: Policy | str = Policy.WARN) -> list[tuple[DicomCase | None, CaseReport]]:
+    """Read every patient under ``src`` into a case on its CT grid, each report under the validation policy
+    (``raise`` raises :class:`DataValidationError` at the first patient with errors or warnings).
+    """
+    results = []
+    for dicom_case, report in read_dicom_folder(src, protocol, name_overrides):
+        apply_policy(report, policy)
+        results.append((dicom_case, report))
+    return results
+
+
+def _read_guarded(files: PatientFiles, protocol: Protocol, table, report: CaseReport) -> DicomCase | None:
+    try:
+        return read_patient(files, protocol, table, report)
+    except MALFORMED as exc:  # a defect no reader check anticipated: this patient fails, the others go on
+        log.exception("patient %s: unexpected failure", files.patient_id)
+        report.add(Severity.ERROR, "unexpected-defect", f"unexpected defect ({type(exc).__name__}: {exc})", None,
+                   "check the export with dciodvfy; please report this file to the fedrt developers")
+        return None
+
+
+def _apply(report: CaseReport, policy: Policy | str) -> None:
+    """The validation policy per patient: under RAISE a patient with warnings is rejected, not the import."""
+    try:
+        apply_policy(report, policy)
+    except DataValidationError:
+        if report.usable:
+            report.add(Severity.ERROR, "rejected-by-policy", "warnings are errors under the raise policy",
+                       report.path, "fix the warnings above, or import with policy warn")
+
+
+def protocol_grid(dicom_case: DicomCase, protocol: Protocol) -> VolumeGrid:
+    """Where the protocol's grid sits on this patient: centred in-plane on the body, along z on the targets.
+
+    An axis whose spacing equals the CT's is aligned with the CT's voxels (no interpolation along it); a
+    CT already of the protocol's shape and spacing is kept as it is.
+    """
+    native, shape, spacing = dicom_case.grid, protocol.grid.shape, protocol.grid.spacing_mm
+    if native.shape == tuple(shape) and np.allclose(native.spacing_mm, spacing, atol=1e-3):
+        return native
+    body = dicom_case.body if dicom_case.body.any() else np.ones(native.shape, dtype=bool)
+    targets = np.zeros(native.shape, dtype=bool)
+    for name in protocol.targets:
+        targets |= dicom_case.case.mask(name)
+    centre = _bbox_centre(body)
+    centre[2] = _bbox_centre(targets if targets.any() else body)[2]
+    half = (np.asarray(shape) - 1) / 2.0 * np.asarray(spacing)
+    origin_index = native.to_index(native.to_mm(centre) - half @ AXIS_DIRECTIONS)
+    same = np.isclose(native.spacing_mm, spacing, atol=1e-3)
+    origin_index[same] = np.round(origin_index[same])
+    origin = native.to_mm(origin_index)
+    return VolumeGrid(tuple(shape), tuple(float(s) for s in spacing), tuple(float(v) for v in origin))
+
+
+def _bbox_centre(mask: np.ndarray) -> np.ndarray:
+    found = np.argwhere(mask)
+    return (found.min(axis=0) + found.max(axis=0)) / 2.0
+
+
+def to_protocol_grid(dicom_case: DicomCase, protocol: Protocol, report: CaseReport) -> tuple[Case, VolumeGrid]:
+    """The case resampled onto the protocol grid; targets that lose volume at the edges are reported."""
+    case, native = dicom_case.case, dicom_case.grid
+    grid = protocol_grid(dicom_case, protocol)
+    if grid is native:
+        return case, grid
+
+    def mask(array: np.ndarray) -> np.ndarray:
+        return resample(array.astype(np.float32), native, grid, order=1, cval=0.0) >= 0.5
+
+    structures = {name: mask(m) for name, m in case.structures.items()}
+    for name in protocol.targets:
+        if name in case.structures and case.structures[name].any():
+            found = np.argwhere(case.structures[name])
+            corners = grid.to_index(native.to_mm(np.stack([found.min(axis=0), found.max(axis=0)])))
+            if np.any(corners < -0.5) or np.any(corners > np.asarray(grid.shape) - 0.5):
+                report.add(Severity.WARNING, "cropped", f"{name} reaches beyond the "
+                           f"{'x'.join(map(str, grid.shape))} protocol grid and was cut", report.path,
+                           "check the patient fits the protocol's field of view")
+    resampled = replace(
+        case,
+        ct_hu=resample(case.ct_hu, native, grid, order=1, cval=-1000.0).astype(np.float32),
+        spacing_mm=grid.spacing_mm,
+        structures=structures,
+        possible_dose_mask=mask(case.possible_dose_mask) if case.possible_dose_mask is not None else None,
+        dose_gy=None if case.dose_gy is None else resample(case.dose_gy, native, grid, order=1).astype(np.float32),
+    )
+    return resampled, grid
+
+
+def import_dicom(src: Path | str, dst: Path | str, protocol: Protocol | str, fmt: str = "fedrt",
+                 name_overrides: Path | str | None = None, policy: Policy | str = Policy.WARN) -> list[CaseReport]:
+    """Convert a folder of DICOM RT exports into a protocol dataset under ``dst``, one folder per patient.
+
+    Returns one report per patient (plus one for unused files, if any); a patient whose report has errors
+    (or, under the raise policy, warnings) is not written.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    protocol, dst = _protocol(protocol), Path(dst)
+    reports = []
+    for dicom_case, report in read_dicom_folder(src, protocol, name_overrides):
+        reports.append(report)
+        if dicom_case is not None and report.usable:
+            case, grid = to_protocol_grid(dicom_case, protocol, report)
+        _apply(report, policy)
+        if dicom_case is None or not report.usable:
+            continue
+        extra = {SIDECAR: _sidecar(dicom_case, grid, report)} if fmt == "fedrt" else None
+        try:
+            write_openkbp_case(case, dst / report.patient_id, compress=fmt == "fedrt", extra_files=extra)
+        except OSError as exc:
+            report.add(Severity.ERROR, "write-failed", f"cannot write the patient ({exc})", dst / report.patient_id,
+                       "check the destination is writable and has space")
+    return reports
+
+
+def _sidecar(dicom_case: DicomCase, grid: VolumeGrid, report: CaseReport) -> str:
+    return json.dumps({
+        "patient_id": report.patient_id,
+        "source": str(dicom_case.case.source),
+        "uids": dicom_case.uids,
+        "grid": {"shape": list(grid.shape), "spacing_mm": list(grid.spacing_mm), "origin_mm": list(grid.origin_mm),
+                 "axes": ["anterior->posterior", "right->left", "superior->inferior"]},
+        "names": dicom_case.names.as_dict(),
+        "plan": dicom_case.plan.as_dict() if dicom_case.plan else None,
+        "findings": [{"severity": f.severity.value, "code": f.code, "message": f.message,
+                      "path": str(f.path or ""), "fix": f.fix} for f in report.findings],
+    }, indent=2)
+
+
+def read_sidecar_grid(patient_dir: Path) -> VolumeGrid | None:
+    """The patient-space grid recorded by a fedrt-format import, if the folder has one."""
+    path = Path(patient_dir) / SIDECAR
+    if not path.is_file():
+        return None
+    try:
+        grid = json.loads(path.read_text())["grid"]
+        return VolumeGrid(tuple(int(v) for v in grid["shape"]), tuple(float(v) for v in grid["spacing_mm"]),
+                          tuple(float(v) for v in grid["origin_mm"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: malformed import record ({exc}); delete it to export on a centred grid") from exc
+
+
+def _protocol(protocol: Protocol | str) -> Protocol:
+    return protocol if isinstance(protocol, Protocol) else load_protocol(protocol)

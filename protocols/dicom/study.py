@@ -1,0 +1,244 @@
+"""One patient's DICOM objects -> a case on the CT grid: pick the CT, its structure set, dose and plan.
+
+Links follow the references a planning system writes (structure set -> CT series, dose -> plan -> structure
+set) and fall back on the frame of reference, then on "the only CT of the study", each fallback reported.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+from scipy import ndimage
+
+from protocols.case import Case
+from protocols.dicom.attributes import text
+from protocols.dicom.ct import CtSeries, read_ct_series
+from protocols.dicom.geometry import VolumeGrid
+from protocols.dicom.names import NameMatch, NameTable, is_body, match_names
+from protocols.dicom.rtdose import RtDose, read_rtdose
+from protocols.dicom.rtplan import PlanSummary, describe_plan, read_rtplan
+from protocols.dicom.rtstruct import StructureSet, rasterise_roi, read_structure_set
+from protocols.protocol import Protocol
+from protocols.validation import CaseReport, Severity
+
+BODY_THRESHOLD_HU = -500.0  # the patient outline when the structure set has no EXTERNAL ROI
+Item = tuple[Path, Dataset]
+
+
+@dataclass
+class PatientFiles:
+    """The DICOM objects found for one patient, by kind; CT slices grouped by series."""
+
+    patient_id: str
+    ct_series: dict[str, list[Item]] = field(default_factory=dict)
+    structure_sets: list[Item] = field(default_factory=list)
+    doses: list[Item] = field(default_factory=list)
+    plans: list[Item] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        """The deepest folder holding all of this patient's files."""
+        paths = [str(p) for items in (*self.ct_series.values(), self.structure_sets, self.doses, self.plans)
+                 for p, _ in items]
+        return Path(os.path.commonpath(paths)) if paths else Path()
+
+
+@dataclass
+class DicomCase:
+    """A case read from DICOM on its CT grid, with where it sits in patient space and what it came from."""
+
+    case: Case
+    grid: VolumeGrid
+    names: NameMatch
+    plan: PlanSummary | None
+    uids: dict[str, str]
+    body: np.ndarray
+
+
+def read_patient(files: PatientFiles, protocol: Protocol, table: NameTable,
+                 report: CaseReport) -> DicomCase | None:
+    """Read one patient into a case on its CT grid; None when an ERROR finding makes it unusable."""
+    sets = [s for path, ds in files.structure_sets if (s := read_structure_set(ds, path, report)) is not None]
+    if not files.ct_series:
+        where = files.structure_sets or files.doses or files.plans
+        report.add(Severity.ERROR, "no-ct", "no CT image series for this patient", where[0][0] if where else None,
+                   "export the planning CT series together with the RT objects")
+        return None
+    if not sets:
+        report.add(Severity.ERROR, "no-structure-set", "no readable RT Structure Set for this patient",
+                   next(iter(files.ct_series.values()))[0][0].parent,
+                   "export the structure set drawn on the planning CT together with it")
+        return None
+    pairs = [(s, uid) for s in sets if (uid := _ct_for(s, files, report)) is not None]
+    if not pairs:
+        return None
+    pairs.sort(key=lambda pair: pair[0].date, reverse=True)
+    structure_set, series_uid = pairs[0]
+    if len(pairs) > 1:
+        report.add(Severity.WARNING, "several-structure-sets", f"{len(pairs)} structure sets; imported the newest "
+                   f"({structure_set.path.name}), skipped {', '.join(p[0].path.name for p in pairs[1:])}",
+                   structure_set.path, "export one plan's CT, structure set and dose per patient")
+    ct = read_ct_series(files.ct_series[series_uid], report)
+    if ct is None:
+        return None
+    if structure_set.frame_of_reference_uid and ct.frame_of_reference_uid and (
+            structure_set.frame_of_reference_uid != ct.frame_of_reference_uid):
+        report.add(Severity.ERROR, "frame-mismatch", "the structure set's frame of reference "
+                   f"{structure_set.frame_of_reference_uid} differs from its CT's {ct.frame_of_reference_uid}",
+                   structure_set.path, "export the structure set with the CT it was drawn on (or register them)")
+        return None
+    drawn = [roi for roi in structure_set.rois if roi.contours]
+    empty = [roi.name for roi in structure_set.rois if not roi.contours]
+    names = match_names([roi.name for roi in drawn], table)
+    _report_names(names, empty, structure_set.path, report)
+    if not any(t in names.matched for t in protocol.targets):
+        report.add(Severity.ERROR, "no-target", f"no ROI matches a target of {protocol.name} "
+                   f"({', '.join(protocol.targets)}); ROI names: {', '.join(r.name for r in drawn)}",
+                   structure_set.path, "name the targets as the protocol does, or map them in a --names override file")
+        return None
+    by_name = {roi.name: roi for roi in drawn}
+    structures = {c: rasterise_roi(by_name[r], ct.grid, report, structure_set.path) for c, r in names.matched.items()}
+    for name, mask in structures.items():
+        if not mask.any():
+            report.add(Severity.WARNING, "empty-mask", f"{name} ({names.matched[name]}) covers no CT voxel",
+                       structure_set.path, "check the contours lie inside the CT volume")
+    body = _body(structure_set, drawn, ct, report)
+    plan = _plan(files, structure_set, report)
+    dose = _dose(files, ct, plan, report)
+    if plan is not None:
+        _check_plan(plan, protocol, report)
+    if dose is not None:
+        possible = body & _dose_support(dose, ct.grid)
+        dose_gy = dose.on_grid(ct.grid)
+    else:
+        possible, dose_gy = body.copy(), None
+    case = Case(patient_id=report.patient_id, ct_hu=ct.ct_hu, spacing_mm=ct.grid.spacing_mm,
+                structures=structures, possible_dose_mask=possible, dose_gy=dose_gy, source=ct.folder)
+    uids = {"study": ct.study_uid, "ct_series": ct.series_uid, "frame_of_reference": ct.frame_of_reference_uid,
+            "structure_set": structure_set.sop_instance_uid, "plan": plan.sop_instance_uid if plan else ""}
+    return DicomCase(case, ct.grid, names, plan, uids, body)
+
+
+def _ct_for(structure_set: StructureSet, files: PatientFiles, report: CaseReport) -> str | None:
+    """The CT series a structure set was drawn on: by series reference, frame of reference, image reference,
+    or (reported) the only CT series of its study.
+    """
+    series = files.ct_series
+    by_reference = [uid for uid in structure_set.referenced_series_uids if uid in series]
+    if by_reference:
+        return by_reference[0]
+    frame = structure_set.frame_of_reference_uid
+    same_frame = [uid for uid, items in series.items() if text(items[0][1], "FrameOfReferenceUID") == frame]
+    by_images = [uid for uid, items in series.items()
+                 if structure_set.referenced_image_uids & {text(ds, "SOPInstanceUID") for _, ds in items}]
+    if frame and same_frame:
+        return max(same_frame, key=lambda uid: (uid in by_images, len(series[uid])))
+    if by_images:
+        return by_images[0]
+    if not frame:
+        same_study = [uid for uid, items in series.items()
+                      if text(items[0][1], "StudyInstanceUID") == structure_set.study_uid] or list(series)
+        if len(same_study) == 1:
+            report.add(Severity.WARNING, "assumed-frame", "the structure set names no frame of reference or CT; "
+                       "assumed the study's only CT series", structure_set.path,
+                       "none needed if the contours overlay the CT; otherwise re-export with references")
+            return same_study[0]
+    report.add(Severity.ERROR, "no-ct-for-structures", "none of the CT series is the one the structure set was "
+               f"drawn on (frame of reference {frame or '(none)'})", structure_set.path,
+               "export the CT series the structure set references together with it")
+    return None
+
+
+def _report_names(names: NameMatch, empty: list[str], path: Path, report: CaseReport) -> None:
+    """The name match as findings: what matched how, what was not used, what is missing, what clashed."""
+    matched = ", ".join(f"{c} <- {r!r}" + ("" if names.how[c] == "exact" else f" ({names.how[c]})")
+                        for c, r in names.matched.items())
+    report.add(Severity.NOTE, "names-matched", matched or "no ROI name matched", path)
+    if names.unmatched:
+        report.add(Severity.NOTE, "names-unmatched", f"not used: {', '.join(names.unmatched)}", path)
+    for name in names.missing:
+        report.add(Severity.NOTE, "missing-roi", f"{name} not contoured", path)
+    if empty:
+        report.add(Severity.NOTE, "empty-roi", f"ROIs without contours: {', '.join(empty)}", path)
+    for canonical, candidates in names.ambiguous.items():
+        report.add(Severity.WARNING, "ambiguous-name", f"{len(candidates)} ROIs match {canonical} "
+                   f"({', '.join(map(repr, candidates))}); used {candidates[0]!r}", path,
+                   f"map the right one in a --names override file, e.g. '{canonical}: [{candidates[0]}]'")
+
+
+def _body(structure_set: StructureSet, drawn: list, ct: CtSeries, report: CaseReport) -> np.ndarray:
+    """The patient outline: the EXTERNAL ROI when there is one, else the largest CT region above -500 HU."""
+    outline = [roi for roi in drawn if is_body(roi.name, roi.interpreted_type)]
+    if outline:
+        mask = rasterise_roi(outline[0], ct.grid, report, structure_set.path)
+        if mask.any():
+            return mask
+    inside = ct.ct_hu > BODY_THRESHOLD_HU
+    labels, count = ndimage.label(inside)
+    if count == 0:
+        return inside
+    largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    mask = labels == largest
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    for k in range(box[2].start, box[2].stop):
+        mask[box[0], box[1], k] = ndimage.binary_fill_holes(mask[box[0], box[1], k])
+    return mask
+
+
+def _plan(files: PatientFiles, structure_set: StructureSet, report: CaseReport) -> PlanSummary | None:
+    plans = [p for path, ds in files.plans if (p := read_rtplan(ds, path, report)) is not None]
+    linked = [p for p in plans if structure_set.sop_instance_uid in p.referenced_structure_set_uids]
+    chosen = linked[0] if linked else plans[0] if len(plans) == 1 else None
+    if chosen is not None:
+        report.add(Severity.NOTE, "plan", describe_plan(chosen), chosen.path)
+    return chosen
+
+
+def _dose(files: PatientFiles, ct: CtSeries, plan: PlanSummary | None, report: CaseReport) -> RtDose | None:
+    """The total plan dose: the one PLAN dose (the planned plan's, if several), or the sum of BEAM doses."""
+    doses = [d for path, ds in files.doses if (d := read_rtdose(ds, path, report)) is not None]
+    doses = [d for d in doses if d.frame_of_reference_uid in ("", ct.frame_of_reference_uid)]
+    if not doses:
+        report.add(Severity.WARNING, "no-dose", "no usable RT Dose on this CT's frame of reference",
+                   files.doses[0][0] if files.doses else ct.folder,
+                   "export the plan dose (RTDOSE, DoseSummationType PLAN) to use this patient for dose training")
+        return None
+    whole = [d for d in doses if d.summation_type in ("PLAN", "")]
+    if len(whole) > 1 and plan is not None:
+        whole = [d for d in whole if plan.sop_instance_uid in d.referenced_plan_uids] or whole
+    if len(whole) == 1:
+        return whole[0]
+    if len(whole) > 1:
+        report.add(Severity.ERROR, "ambiguous-dose", f"{len(whole)} plan doses and no plan telling which to use: "
+                   f"{', '.join(d.path.name for d in whole)}", whole[0].path,
+                   "export one plan's dose per patient (or the plan that references it)")
+        return None
+    beams = [d for d in doses if d.summation_type == "BEAM"]
+    if beams and len({d.referenced_plan_uids for d in beams}) == 1:
+        total = sum(d.on_grid(ct.grid) for d in beams)
+        report.add(Severity.NOTE, "beam-doses-summed", f"summed {len(beams)} per-beam doses", beams[0].path)
+        return RtDose(total, ct.grid, beams[0].path, ct.frame_of_reference_uid, "PLAN", beams[0].referenced_plan_uids)
+    kinds = sorted({d.summation_type for d in doses})
+    report.add(Severity.ERROR, "dose-summation", f"no whole-plan dose (DoseSummationType {', '.join(kinds)})",
+               doses[0].path, "export the total plan dose (DoseSummationType PLAN)")
+    return None
+
+
+def _dose_support(dose: RtDose, grid: VolumeGrid) -> np.ndarray:
+    """CT voxels inside the dose grid (where the dose is known)."""
+    ones = np.ones(dose.grid.shape, dtype=np.float32)
+    return RtDose(ones, dose.grid, dose.path, "", "", ()).on_grid(grid) >= 0.5
+
+
+def _check_plan(plan: PlanSummary, protocol: Protocol, report: CaseReport) -> None:
+    if plan.fractions and plan.fractions != protocol.fractions:
+        report.add(Severity.WARNING, "fractions", f"the plan has {plan.fractions} fractions, protocol "
+                   f"{protocol.name} {protocol.fractions}", plan.path, "check the patient belongs to this protocol")
+    rx = plan.target_prescriptions_gy
+    if rx and abs(rx[0] - protocol.max_prescription_gy) > 0.01 * protocol.max_prescription_gy:
+        report.add(Severity.WARNING, "prescription", f"the plan prescribes {rx[0]:g} Gy, protocol {protocol.name} "
+                   f"{protocol.max_prescription_gy:g} Gy", plan.path, "check the patient belongs to this protocol")

@@ -1,0 +1,54 @@
+"""Small synthetic cases and DICOM-folder helpers shared by the DICOM tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from protocols.case import Case
+from protocols.dicom.export import export_case
+
+
+def small_case(patient_id: str = "synth", shape: tuple[int, int, int] = (24, 28, 8)) -> Case:
+    """A body box with a PTV70 (with a hole on one slice), a spinal cord and a dose, on a 2 x 2 x 3 mm grid."""
+    ct = np.full(shape, -1000.0, np.float32)
+    ct[3:-3, 3:-3, :] = 40.0
+    ptv = np.zeros(shape, bool)
+    ptv[8:16, 8:18, 2:6] = True
+    ptv[11:13, 12:14, 3] = False
+    cord = np.zeros(shape, bool)
+    cord[17:19, 12:14, :] = True
+    dose = np.zeros(shape, np.float32)
+    dose[3:-3, 3:-3, :] = 30.0
+    dose[ptv] = 70.0
+    return Case(patient_id, ct, (2.0, 2.0, 3.0), {"PTV70": ptv, "SpinalCord": cord}, ct > -500, dose)
+
+
+def export_small(folder: Path, patient_id: str = "synth") -> Path:
+    """Export :func:`small_case` as DICOM into ``folder``."""
+    export_case(small_case(patient_id), folder)
+    return folder
+
+
+def edit(path: Path, **values) -> None:
+    """Set (or, with None, delete) top-level attributes of one DICOM file in place."""
+    ds = pydicom.dcmread(path)
+    for keyword, value in values.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path)
+
+
+def ct_files(folder: Path) -> list[Path]:
+    """The CT slice files of an export, superior first."""
+    return sorted(folder.glob("CT.*.dcm"))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two masks (1 when both are empty)."""
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
