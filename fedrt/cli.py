@@ -7,9 +7,9 @@ import logging
 import sys
 
 from fedrt import __version__
-from fedrt.commands import data, dicom, evaluate, phantoms, predict, train
+from fedrt.commands import data, dicom, evaluate, phantoms, predict, segment, train
 
-COMMANDS = (train, predict, evaluate, data, dicom, phantoms)
+COMMANDS = (train, predict, evaluate, data, dicom, segment, phantoms)
 
 
 class UserError(Exception):

@@ -1,0 +1,1 @@
+"""The clinical runtime: segmentation of a new CT and treatment planning."""

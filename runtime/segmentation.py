@@ -1,0 +1,154 @@
+"""Segment a new patient's CT: resample to the model's grid, predict the OARs, resample back, write RTSTRUCT.
+
+Input is a DICOM folder holding a CT series (any size and spacing) or an OpenKBP patient folder; output is an
+RT Structure Set that references the CT it was drawn on (for OpenKBP input the CT series is written too, so
+there is something to reference), and a PNG overview of the contours.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models import loop
+from models.checkpoint import Checkpoint
+from protocols.case import Case
+from protocols.dicom.ct import read_ct_series
+from protocols.dicom.export import CtReference, StudyContext, centred_grid, export_case, write_rtstruct
+from protocols.dicom.geometry import VolumeGrid, resample
+from protocols.dicom.importer import scan_folder
+from protocols.openkbp import is_patient_dir, load_openkbp_case
+from protocols.protocol import Protocol
+from protocols.validation import CaseReport, DataValidationError, Policy, apply_policy
+
+AIR_HU = -1000.0
+
+
+@dataclass
+class PlanningCt:
+    """A CT in case axis order with where it sits in patient space and how RT objects must reference it."""
+
+    patient_id: str
+    ct_hu: np.ndarray
+    grid: VolumeGrid
+    context: StudyContext
+    reference: CtReference | None
+
+
+@dataclass
+class SegmentationResult:
+    """Masks on the CT grid, the files written and the time each stage took (seconds)."""
+
+    masks: dict[str, np.ndarray]
+    rtstruct: Path
+    overview: Path
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def read_planning_ct(source: Path, protocol: Protocol, policy: Policy | str = Policy.WARN) -> PlanningCt:
+    """The CT of one patient from a DICOM folder (one CT series expected) or an OpenKBP patient folder."""
+    source = Path(source)
+    if is_patient_dir(source):
+        case, _ = load_openkbp_case(source, protocol, Policy.RAISE, require_dose=False)
+        return PlanningCt(case.patient_id, case.ct_hu, centred_grid(case.shape, case.spacing_mm),
+                          StudyContext(case.patient_id), None)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source} is neither a DICOM folder nor an OpenKBP patient folder")
+    patients, _ = scan_folder(source)
+    series = [(pid, uid, items) for pid, files in patients.items() for uid, items in files.ct_series.items()]
+    if len(series) != 1:
+        found = ", ".join(f"{pid}/{uid}" for pid, uid, _ in series) or "none"
+        raise ValueError(f"{source}: expected exactly one CT series, found {len(series)} ({found}); "
+                         "give a folder holding one patient's planning CT")
+    patient_id, _, items = series[0]
+    report = CaseReport(patient_id, source)
+    ct = read_ct_series(items, report)
+    apply_policy(report, policy)
+    if ct is None:
+        raise DataValidationError(report)
+    context = StudyContext(patient_id, study_uid=ct.study_uid, frame_of_reference_uid=ct.frame_of_reference_uid)
+    return PlanningCt(patient_id, ct.ct_hu, ct.grid, context, CtReference(ct.series_uid, ct.sop_instance_uids))
+
+
+def model_grid(grid: VolumeGrid, spacing_mm: tuple[float, float, float]) -> VolumeGrid:
+    """The model's spacing over the same field of view, starting at the same first voxel."""
+    extent = (np.asarray(grid.shape) - 1) * np.asarray(grid.spacing_mm)
+    shape = tuple(int(n) for n in np.floor(extent / np.asarray(spacing_mm) + 1e-6) + 1)
+    return VolumeGrid(shape, tuple(float(s) for s in spacing_mm), grid.origin_mm)
+
+
+def predict_masks(model: Checkpoint, ct: PlanningCt) -> dict[str, np.ndarray]:
+    """OAR masks on the CT's own grid: predicted on the protocol's spacing and resampled back."""
+    work = model_grid(ct.grid, model.task.protocol.grid.spacing_mm)
+    ct_work = resample(ct.ct_hu, ct.grid, work, order=1, cval=AIR_HU)
+    case = Case(ct.patient_id, ct_work.astype(np.float32), work.spacing_mm)
+    masks = loop.predict(model.network, model.task, case)
+    return {name: resample(mask.astype(np.float32), work, ct.grid, order=1) >= 0.5 for name, mask in masks.items()}
+
+
+def segment(source: Path | str, model: Checkpoint, out_dir: Path | str) -> SegmentationResult:
+    """Segment one patient and write ``RS_<patient>.dcm`` (plus the CT for OpenKBP input) and ``overview.png``."""
+    if model.task.name != "seg":
+        raise ValueError(f"the model is a {model.task.name} model; `fedrt segment` needs a segmentation model")
+    out_dir = Path(out_dir)
+    timings = {}
+    start = time.perf_counter()
+    ct = read_planning_ct(Path(source), model.task.protocol)
+    timings["read"] = time.perf_counter() - start
+    start = time.perf_counter()
+    masks = predict_masks(model, ct)
+    timings["predict"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if ct.reference is None:
+        case = Case(ct.patient_id, ct.ct_hu, ct.grid.spacing_mm, structures=masks)
+        written = export_case(case, out_dir, ct.grid, model.task.protocol, ct.context)
+        rtstruct = written.rtstruct
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rtstruct = write_rtstruct(masks, ct.grid, ct.reference, out_dir / f"RS_{ct.patient_id}.dcm", ct.context)
+    overview = write_overview(ct, masks, out_dir / "overview.png")
+    timings["write"] = time.perf_counter() - start
+    return SegmentationResult(masks, rtstruct, overview, timings)
+
+
+def write_overview(ct: PlanningCt, masks: dict[str, np.ndarray], path: Path, n_slices: int = 4) -> Path:
+    """A PNG of a few axial slices through the segmented organs with each organ's contour in its own colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = [m for m in masks.values() if m.any()]
+    slices_with = np.flatnonzero(np.any(np.stack(found), axis=(0, 1, 2))) if found else np.arange(ct.grid.shape[2])
+    picks = np.unique(np.quantile(slices_with, np.linspace(0.15, 0.85, n_slices)).round().astype(int))
+    aspect = ct.grid.spacing_mm[0] / ct.grid.spacing_mm[1]
+    fig, axes = plt.subplots(1, len(picks), figsize=(4 * len(picks), 4.4), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    body = np.argwhere(np.any(ct.ct_hu > -500, axis=2))
+    (r0, c0), (r1, c1) = (body.min(0), body.max(0)) if body.size else ((0, 0), ct.grid.shape[:2])
+    for ax, k in zip(axes[0], picks, strict=True):
+        ax.imshow(ct.ct_hu[:, :, k], cmap="gray", vmin=-300, vmax=500, aspect=aspect)
+        ax.set_xlim(c0 - 5, c1 + 5)
+        ax.set_ylim(r1 + 5, r0 - 5)
+        for i, (name, mask) in enumerate(masks.items()):
+            if mask[:, :, k].any():
+                ax.contour(mask[:, :, k], levels=[0.5], colors=[colours(i % 10)], linewidths=1.2)
+                ax.plot([], [], color=colours(i % 10), label=name)
+        ax.set_title(f"slice {k} (superior -> inferior)", fontsize=9)
+        ax.axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7) or 1, fontsize=8)
+    fig.suptitle(f"fedrt segment: {ct.patient_id} (patient left on the image right)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
