@@ -7,9 +7,9 @@ import logging
 import sys
 
 from fedrt import __version__
-from fedrt.commands import data, dicom, evaluate, phantoms, predict, segment, train
+from fedrt.commands import baseline, compare, data, dicom, evaluate, models, phantoms, predict, segment, simulate, train
 
-COMMANDS = (train, predict, evaluate, data, dicom, segment, phantoms)
+COMMANDS = (train, predict, evaluate, data, dicom, segment, phantoms, simulate, baseline, compare, models)
 
 
 class UserError(Exception):

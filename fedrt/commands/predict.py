@@ -15,7 +15,7 @@ from protocols.openkbp import replace_dir, write_sparse_csv
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("predict", help="run a trained model on a dataset or one patient")
-    parser.add_argument("--model", required=True, help="checkpoint file written by fedrt train")
+    parser.add_argument("--model", required=True, help="checkpoint file, or MLflow model URI models:/NAME@ALIAS")
     parser.add_argument("--data", required=True, help="a dataset folder or one patient folder (OpenKBP layout)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--policy", default="warn", choices=["ignore", "warn", "raise"],
@@ -39,10 +39,11 @@ def write_masks(patient_dir: Path, masks: dict[str, np.ndarray]) -> None:
 def run(args: argparse.Namespace) -> int:
     from models import loop
     from models.checkpoint import load_checkpoint
+    from models.registry import resolve_model
     from protocols.dataset import ProtocolDataset
     from protocols.openkbp import write_prediction
 
-    model = load_checkpoint(args.model)
+    model = load_checkpoint(resolve_model(args.model))
     task = model.task
     dataset = ProtocolDataset(Path(args.data), task.protocol, args.policy, require_dose=False)
     out = Path(args.out)

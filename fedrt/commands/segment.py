@@ -8,16 +8,17 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("segment", help="segment the OARs of a CT and write an RT Structure Set")
     parser.add_argument("input", help="a DICOM folder with one CT series, or an OpenKBP patient folder")
-    parser.add_argument("--model", required=True, help="segmentation checkpoint (or MLflow model URI)")
+    parser.add_argument("--model", required=True, help="checkpoint, or models:/NAME@ALIAS")
     parser.add_argument("--out", required=True, help="output folder")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from models.checkpoint import load_checkpoint
+    from models.registry import resolve_model
     from runtime.segmentation import segment
 
-    result = segment(args.input, load_checkpoint(args.model), args.out)
+    result = segment(args.input, load_checkpoint(resolve_model(args.model)), args.out)
     found = [name for name, mask in result.masks.items() if mask.any()]
     print(f"segmented {len(found)} of {len(result.masks)} OARs: {', '.join(found) or 'none'}")
     print("timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items())

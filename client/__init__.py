@@ -1,0 +1,1 @@
+"""The hospital node: a Flower ClientApp that trains and evaluates on the site's own protocol data."""

@@ -1,0 +1,80 @@
+"""The hospital's Flower ClientApp: train the received global model on the site's own patients with the one
+training loop, or evaluate it on the site's validation patients. Replies carry the weights, scalar metrics
+and the site's pseudonymous name, nothing else: no case ids, no voxels.
+
+Deployment: ``flower-supernode ... --node-config 'data-path="/data/openkbp"'`` runs ``client.app:app``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from client.settings import SITE_METRICS, SitePlan, decode_plan
+from client.site import SiteData, data_path, load_site, round_seed, site_name
+from models import loop
+from models.weights import set_weights
+
+
+def _network(plan: SitePlan, arrays: ArrayRecord) -> nn.Module:
+    """The plan's network holding the received global weights (names, shapes and dtypes must match)."""
+    network = plan.task.build_network()
+    expected = list(network.state_dict())
+    if list(arrays.keys()) != expected:
+        raise ValueError(f"the global model's arrays ({len(arrays)}) do not match the planned network "
+                         f"({len(expected)} tensors); server and site run different fedrt versions?")
+    set_weights(network, arrays.to_numpy_ndarrays())
+    return network
+
+
+def _reply(msg: Message, context: Context, metrics: dict[str, float], arrays: ArrayRecord | None = None) -> Message:
+    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": site_name(context)})})
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content=content, reply_to=msg)
+
+
+def _site(msg: Message, context: Context, site_paths: Mapping[int, str] | None) -> tuple[SitePlan, SiteData]:
+    plan = decode_plan(msg.content["config"])
+    if plan.train.threads:
+        torch.set_num_threads(plan.train.threads)
+    return plan, load_site(data_path(context, site_paths), plan)
+
+
+def make_client_app(site_paths: Mapping[int, str] | None = None) -> ClientApp:
+    """The ClientApp; ``site_paths`` (partition id -> folder) stands in for ``data-path`` in simulation."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        plan, data = _site(msg, context, site_paths)
+        network = _network(plan, msg.content["arrays"])
+        if not data.train:
+            return _reply(msg, context, {"num-examples": 0}, ArrayRecord(network.state_dict()))
+        config = msg.content["config"]
+        seed = round_seed(plan.train.seed, int(config["server-round"]), site_name(context))
+        settings = dataclasses.replace(plan.train, seed=seed, proximal_mu=float(config.get("proximal-mu", 0.0)))
+        result = loop.train(network, plan.task, data.train, settings, progress=False, label=site_name(context))
+        metrics = {"num-examples": result.num_examples, "train_loss": result.loss,
+                   "train_seconds": result.seconds, "train_steps": result.steps}
+        return _reply(msg, context, metrics, ArrayRecord(network.state_dict()))
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        plan, data = _site(msg, context, site_paths)
+        if not data.val:
+            return _reply(msg, context, {"num-examples": 0})
+        network = _network(plan, msg.content["arrays"])
+        scores = loop.evaluate(network, plan.task, data.val)
+        metrics = {k: scores[k] for k in SITE_METRICS[plan.task.name]}
+        return _reply(msg, context, {**metrics, "num-examples": scores["num-examples"]})
+
+    return app
+
+
+app = make_client_app()

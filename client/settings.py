@@ -1,0 +1,68 @@
+"""The training plan the server sends to every site each round (the ``fedrt-plan`` entry of the ConfigRecord):
+task, protocol, network and loop settings. The site's data location never travels; it is the node's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import ConfigRecord
+
+from models.checkpoint import protocol_to_dict
+from models.config import ModelConfig, TrainConfig, from_mapping
+from models.tasks import Task, make_task
+from protocols.protocol import Protocol, protocol_from_dict
+
+PLAN_KEY = "fedrt-plan"
+# Metrics every site reports from local evaluation: the same keys at every site, so they can be averaged.
+SITE_METRICS = {"dose": ("dose_score", "dvh_score"), "seg": ("dice_mean",)}
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """How a site trains and evaluates this run; ``train.epochs`` is the local epochs of one round."""
+
+    task: Task
+    train: TrainConfig
+    policy: str
+    train_split: str
+    val_split: str
+    val_fraction: float
+    encoded: str
+
+    @property
+    def data_key(self) -> str:
+        """What the site's prepared data depends on (task, protocol, network grid, splits), for caching."""
+        plan = json.loads(self.encoded)
+        return json.dumps({k: plan[k] for k in ("task", "protocol", "model", "policy", "split")}, sort_keys=True)
+
+
+def encode_plan(task_name: str, protocol: Protocol, model: ModelConfig, train: TrainConfig, policy: str,
+                data: dict[str, Any]) -> str:
+    """The plan as JSON. ``protocol`` is the one the sites' data is read with (its grid included)."""
+    return json.dumps({
+        "task": task_name,
+        "protocol": protocol_to_dict(protocol),
+        "model": dataclasses.asdict(model),
+        "train": {k: v for k, v in dataclasses.asdict(train).items() if k != "extra"},
+        "policy": policy,
+        "split": {"train_split": data.get("train_split", "train-pats"),
+                  "val_split": data.get("val_split", "validation-pats"),
+                  "val_fraction": float(data.get("val_fraction", 0.2))},
+    })
+
+
+def decode_plan(config: ConfigRecord) -> SitePlan:
+    """The plan inside a received ConfigRecord; a message without one is an error naming the fix."""
+    if PLAN_KEY not in config:
+        raise ValueError(f"the server sent no {PLAN_KEY!r} in its ConfigRecord; is it a fedrt ServerApp?")
+    encoded = str(config[PLAN_KEY])
+    plan = json.loads(encoded)
+    protocol = protocol_from_dict(plan["protocol"], source="the server's training plan")
+    task = make_task(plan["task"], protocol, from_mapping(ModelConfig, plan["model"]))
+    split = plan["split"]
+    return SitePlan(task, from_mapping(TrainConfig, plan["train"]), plan["policy"], split["train_split"],
+                    split["val_split"], float(split["val_fraction"]), encoded)

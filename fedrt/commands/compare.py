@@ -1,0 +1,35 @@
+"""``fedrt compare [overrides] [--out FILE]``: federated vs centralised vs local-only, as a markdown table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from fedrt.config import compose
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="markdown table of a scenario's federated run(s) and baselines (also logged to MLflow)",
+        description="Give the same overrides as `fedrt simulate` and `fedrt baseline`; the newest finished run of "
+                    "each model of that scenario is compared on the shared validation cases.")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from simulation.compare import compare
+
+    table, run_id = compare(compose(args.overrides))
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, suffix=".tmp", delete=False) as handle:
+            handle.write(table)
+        os.replace(handle.name, args.out)
+        print(args.out)
+    print(f"logged as comparison.md in MLflow run {run_id}")
+    return 0

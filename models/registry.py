@@ -1,0 +1,72 @@
+"""Model references for inference: a checkpoint file, or an MLflow URI (``models:/NAME@alias``,
+``models:/NAME/VERSION``, ``runs:/RUN_ID/model``) downloaded once into the local cache.
+
+The tracking URI is ``MLFLOW_TRACKING_URI`` if set, else fedrt's embedded default ``sqlite:///mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from protocols.openkbp import default_cache_dir
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+CHECKPOINT_FILE = "checkpoint.pt"
+SCHEMES = ("models:/", "runs:/")
+
+
+def is_mlflow_uri(reference: str) -> bool:
+    """Whether ``reference`` names an MLflow model (``models:/...``, ``runs:/...``) rather than a file."""
+    return str(reference).startswith(SCHEMES)
+
+
+def _pinned(reference: str, tracking_uri: str) -> str:
+    """``models:/NAME@alias`` turned into ``models:/NAME/VERSION`` (an alias moves; a version never changes)."""
+    if not reference.startswith("models:/") or "@" not in reference:
+        return reference
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name, alias = reference[len("models:/"):].split("@", 1)
+    try:
+        version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise ValueError(f"{reference}: no alias {alias!r} of model {name!r} in {tracking_uri}; see `fedrt models "
+                         f"list`, or set MLFLOW_TRACKING_URI to the store the model was registered in") from exc
+    return f"models:/{name}/{version.version}"
+
+
+def resolve_model(reference: str | Path, tracking_uri: str | None = None) -> Path:
+    """The local checkpoint file a model reference stands for (MLflow models are downloaded and cached)."""
+    if not is_mlflow_uri(str(reference)):
+        return Path(reference)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    pinned = _pinned(str(reference), uri)
+    folder = default_cache_dir() / "models" / hashlib.sha256(f"{uri}|{pinned}".encode()).hexdigest()[:16]
+    if not (folder / CHECKPOINT_FILE).is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".download-"))
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(staging),
+                                                             tracking_uri=uri, registry_uri=uri))
+            found = local if local.is_file() else local / CHECKPOINT_FILE
+            if not found.is_file():
+                raise ValueError(f"{reference} holds no {CHECKPOINT_FILE}; register models with `fedrt simulate`")
+            (staging / "ready").mkdir()
+            shutil.move(str(found), staging / "ready" / CHECKPOINT_FILE)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(staging / "ready", folder)
+        except MlflowException as exc:
+            raise ValueError(f"cannot fetch {reference} from {uri}: {exc.message}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder / CHECKPOINT_FILE

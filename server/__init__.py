@@ -1,0 +1,1 @@
+"""The aggregation server: Flower ServerApp, strategies, reply validation, rounds and MLflow tracking."""

@@ -1,0 +1,27 @@
+"""Aggregation strategies, one per module, each extending Flower's with fedrt's reply screening."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.strategies.fedadam import FedAdam
+from server.strategies.fedavg import FedAvg
+from server.strategies.fedprox import FedProx
+from server.strategies.screening import ScreenedStrategy
+
+STRATEGIES: dict[str, type[ScreenedStrategy]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}
+
+
+def build_strategy(settings: dict[str, Any], min_available_nodes: int, min_train_nodes: int,
+                   min_evaluate_nodes: int, fraction_evaluate: float = 1.0) -> ScreenedStrategy:
+    """The strategy named by ``settings["name"]`` (the ``strategy`` config group), its options from the rest."""
+    options = dict(settings)
+    name = options.pop("name", None)
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose strategy={'|'.join(STRATEGIES)}")
+    return STRATEGIES[name](min_available_nodes=min_available_nodes, min_train_nodes=min_train_nodes,
+                            min_evaluate_nodes=min_evaluate_nodes, fraction_evaluate=fraction_evaluate,
+                            **options)
+
+
+__all__ = ["STRATEGIES", "FedAdam", "FedAvg", "FedProx", "ScreenedStrategy", "build_strategy"]

@@ -1,0 +1,154 @@
+"""Strategies and reply screening on hand-made replies: weighted means checkable by hand, rejected replies
+(NaN, wrong shape or keys, zero examples, errors) leave the round going, FedAdam state survives a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from server.rounds import run_rounds, wait_for_nodes
+from server.strategies import FedAdam, FedAvg, FedProx, build_strategy
+from server.validation import reply_problem
+
+
+@pytest.fixture(autouse=True)
+def server_identity(monkeypatch):
+    """Instruction messages carry the run and node of the process that sends them (the ServerApp's)."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def record(**named: np.ndarray) -> ArrayRecord:
+    return ArrayRecord({k.replace("_", "."): Array(v) for k, v in named.items()})
+
+
+def arrays(value: float, shape=(2, 3)) -> ArrayRecord:
+    return record(conv_weight=np.full(shape, value, np.float32), conv_bias=np.full(2, value, np.float32))
+
+
+def reply(node: int, record: ArrayRecord | None, examples: float, loss: float = 0.5) -> Message:
+    instruction = Message(RecordDict({"arrays": arrays(0.0)}), node, MessageType.TRAIN)
+    content = RecordDict({"metrics": MetricRecord({"num-examples": examples, "train_loss": loss}),
+                          "site": ConfigRecord({"name": f"site-{node}"})})
+    if record is not None:
+        content["arrays"] = record
+    return Message(content, reply_to=instruction)
+
+
+def configured(strategy, global_arrays: ArrayRecord) -> None:
+    """What the round driver does before aggregation: remember the global model sent out this round."""
+    strategy.global_arrays = global_arrays
+    strategy.current_arrays = {k: v.numpy() for k, v in global_arrays.items()}
+
+
+def test_fedavg_is_the_mean_weighted_by_examples():
+    strategy = FedAvg(min_train_nodes=2, min_available_nodes=2)
+    configured(strategy, arrays(0.0))
+    merged, metrics = strategy.aggregate_train(1, [reply(1, arrays(1.0), 10, loss=1.0),
+                                                   reply(2, arrays(4.0), 30, loss=3.0)])
+    # (10 * 1 + 30 * 4) / 40 = 3.25 for every weight; the loss is averaged the same way: (10 + 90) / 40 = 2.5.
+    for value in merged.values():
+        np.testing.assert_allclose(value.numpy(), 3.25)
+        assert value.numpy().dtype == np.float32
+    assert metrics["train_loss"] == pytest.approx(2.5)
+
+
+def test_a_nan_reply_is_rejected_with_its_reason_and_the_others_are_merged(caplog):
+    strategy = FedProx(min_train_nodes=3, min_available_nodes=3, proximal_mu=0.1)
+    configured(strategy, arrays(0.0))
+    poisoned = record(conv_weight=np.full((2, 3), 2.0, np.float32), conv_bias=np.array([np.nan, 1.0], np.float32))
+    with caplog.at_level(logging.WARNING, logger="server.validation"):
+        merged, _ = strategy.aggregate_train(1, [reply(1, arrays(1.0), 1), reply(2, poisoned, 100),
+                                                 reply(3, arrays(3.0), 3)])
+    np.testing.assert_allclose(merged["conv.weight"].numpy(), (1 * 1.0 + 3 * 3.0) / 4)
+    assert strategy.screened["train"].rejected == {"site-2": "array conv.bias: non-finite values"}
+    assert "rejected the reply of site-2: array conv.bias: non-finite values" in caplog.text
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    (lambda: reply(1, arrays(1.0, shape=(3, 2)), 5), "shape (3, 2), expected (2, 3)"),
+    (lambda: reply(1, record(other=np.zeros(2, np.float32)), 5), "array keys differ"),
+    (lambda: reply(1, record(conv_weight=np.zeros((2, 3)), conv_bias=np.zeros(2)), 5), "dtype float64"),
+    (lambda: reply(1, arrays(1.0), 0), "zero examples"),
+    (lambda: reply(1, arrays(1.0), 5, loss=float("inf")), "metric train_loss is not finite"),
+    (lambda: reply(1, None, 5), "expected one ArrayRecord"),
+])
+def test_malformed_replies_are_rejected_for_a_stated_reason(make, reason):
+    assert reason in reply_problem(make(), arrays(0.0))
+
+
+def test_an_error_reply_is_rejected_and_named_after_its_node():
+    instruction = Message(RecordDict({"arrays": arrays(0.0)}), 7, MessageType.TRAIN)
+    failed = Message(Error(code=0, reason="out of memory"), reply_to=instruction)
+    assert reply_problem(failed, arrays(0.0)) == "the site reported an error: out of memory"
+
+
+def test_fedadam_moments_survive_a_checkpoint_and_give_the_same_next_round():
+    settings = {"name": "fedadam", "eta": 0.01, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}
+    first = build_strategy(settings, 2, 2, 2)
+    configured(first, arrays(0.0))
+    after_one, _ = first.aggregate_train(1, [reply(1, arrays(1.0), 1), reply(2, arrays(2.0), 1)])
+    saved = {name: {k: v.copy() for k, v in moments.items()} for name, moments in first.optimizer_state().items()}
+    assert set(saved) == {"m_t", "v_t"}
+    round_two = [reply(1, arrays(0.5), 1), reply(2, arrays(-1.0), 3)]
+    configured(first, after_one)
+    uninterrupted, _ = first.aggregate_train(2, round_two)
+
+    resumed = build_strategy(settings, 2, 2, 2)
+    assert isinstance(resumed, FedAdam)
+    resumed.load_optimizer_state(saved)
+    configured(resumed, after_one)
+    again, _ = resumed.aggregate_train(2, round_two)
+    for key in uninterrupted:
+        np.testing.assert_array_equal(again[key].numpy(), uninterrupted[key].numpy())
+        assert again[key].numpy().dtype == np.float32
+
+
+class ReplyingGrid:
+    """An in-process grid: each node answers through ``respond(node, message)``, like a SuperNode would."""
+
+    def __init__(self, nodes, respond):
+        self.nodes, self.respond = list(nodes), respond
+
+    def get_node_ids(self):
+        return self.nodes
+
+    def send_and_receive(self, messages, timeout=None):
+        return [self.respond(m.metadata.dst_node_id, m) for m in messages]
+
+
+def test_a_round_completes_without_the_nan_site_and_reports_it():
+    def respond(node: int, message: Message) -> Message:
+        if message.metadata.message_type == MessageType.EVALUATE:
+            content = RecordDict({"metrics": MetricRecord({"num-examples": 2, "dose_score": float(node)}),
+                                  "site": ConfigRecord({"name": f"site-{node}"})})
+            return Message(content, reply_to=message)
+        value = np.nan if node == 2 else float(node)
+        content = RecordDict({"arrays": arrays(value), "site": ConfigRecord({"name": f"site-{node}"}),
+                              "metrics": MetricRecord({"num-examples": node, "train_loss": 0.1,
+                                                       "train_seconds": 0.5 * node, "train_steps": 3})})
+        return Message(content, reply_to=message)
+
+    reports = []
+    strategy = FedAvg(min_train_nodes=3, min_evaluate_nodes=3, min_available_nodes=3)
+    final = run_rounds(strategy, ReplyingGrid([1, 2, 3], respond), arrays(0.0), 1, 1, ConfigRecord(),
+                       ConfigRecord(), timeout_s=5, node_wait_s=1, on_round=lambda r, _: reports.append(r))
+    np.testing.assert_allclose(final["conv.weight"].numpy(), (1 * 1.0 + 3 * 3.0) / 4)
+    (report,) = reports
+    assert sorted(report.site_train) == ["site-1", "site-3"]
+    assert report.rejected == {"train/site-2": "array conv.weight: non-finite values"}
+    assert report.slowest_site_train_s == 1.5
+    assert report.evaluate_metrics["dose_score"] == pytest.approx((1 * 2 + 2 * 2 + 3 * 2) / 6)
+    assert report.bytes_sent == 2 * 3 * arrays(0.0).count_bytes()  # train and evaluate messages to 3 nodes
+    assert report.bytes_received == 3 * arrays(0.0).count_bytes()
+
+
+def test_too_few_nodes_fail_fast_instead_of_hanging():
+    with pytest.raises(TimeoutError, match="only 1 of the 2 required nodes"):
+        wait_for_nodes(ReplyingGrid([1], None), minimum=2, wait_s=0.2)
