@@ -7,9 +7,22 @@ import logging
 import sys
 
 from fedrt import __version__
-from fedrt.commands import baseline, compare, data, dicom, evaluate, models, phantoms, predict, segment, simulate, train
+from fedrt.commands import (
+    baseline,
+    compare,
+    data,
+    dicom,
+    evaluate,
+    models,
+    phantoms,
+    plan,
+    predict,
+    segment,
+    simulate,
+    train,
+)
 
-COMMANDS = (train, predict, evaluate, data, dicom, segment, phantoms, simulate, baseline, compare, models)
+COMMANDS = (train, predict, evaluate, data, dicom, segment, plan, phantoms, simulate, baseline, compare, models)
 
 
 class UserError(Exception):

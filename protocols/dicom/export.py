@@ -66,9 +66,13 @@ class ExportedStudy:
 
 
 def centred_grid(shape: tuple[int, int, int], spacing_mm: tuple[float, float, float]) -> VolumeGrid:
-    """A grid whose centre is the DICOM origin (0, 0, 0), for arrays that carry no position of their own."""
+    """A grid whose centre is the DICOM origin (0, 0, 0), for arrays that carry no position of their own.
+
+    The origin is rounded to 1 um so that positions fit a DICOM decimal string (16 characters).
+    """
     half = (np.asarray(shape) - 1) / 2.0 * np.asarray(spacing_mm)
-    return VolumeGrid(tuple(shape), tuple(float(s) for s in spacing_mm), (-half[1], -half[0], half[2]))
+    origin = tuple(round(float(v), 3) for v in (-half[1], -half[0], half[2]))
+    return VolumeGrid(tuple(shape), tuple(float(s) for s in spacing_mm), origin)
 
 
 def _base(context: StudyContext, sop_class: str, modality: str, series_uid: str, series_number: int,

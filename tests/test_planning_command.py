@@ -1,0 +1,78 @@
+"""``fedrt plan`` on a real OpenKBP patient: arguments, the target-dose hook, and (slow) a full plan."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fedrt.commands import plan as plan_command
+from models import loop
+from models.checkpoint import save_checkpoint
+from models.config import ModelConfig
+from models.tasks import make_task
+from protocols.openkbp import load_openkbp_case, read_prediction
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    plan_command.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["plan", *argv])
+
+
+def test_target_dose_reads_an_openkbp_dose_file(openkbp_root, protocol):
+    patient = openkbp_root / "validation-pats" / "pt_201"
+    case, _ = load_openkbp_case(patient, protocol)
+    args = parse([str(patient), "--target-dose", str(patient / "dose.csv.gz"), "--out", "unused"])
+    dose, label = plan_command.target_dose_for(args, case, protocol)
+    np.testing.assert_allclose(dose, case.dose_gy, atol=1e-4)
+    assert "dose.csv.gz" in label
+    assert args.beams == 9 and args.density_table(np.array([0.0]))[0] == pytest.approx(1.0)
+
+
+def test_dose_model_prediction_is_the_dose_to_mimic(openkbp_root, protocol, tmp_path):
+    patient = openkbp_root / "validation-pats" / "pt_201"
+    case, _ = load_openkbp_case(patient, protocol)
+    config = ModelConfig(channels=(4, 8), strides=(2,), res_units=0, downsample=2, patch=(32, 32, 32))
+    torch.manual_seed(0)
+    task = make_task("dose", protocol, config)
+    network = task.build_network()
+    model = save_checkpoint(tmp_path / "dose.pt", task, network)
+    args = parse([str(patient), "--dose-model", str(model), "--out", "unused"])
+    dose, label = plan_command.target_dose_for(args, case, protocol)
+    np.testing.assert_array_equal(dose, loop.predict(network, task, case))
+    assert "dose.pt" in label
+    seg = make_task("seg", protocol, config)
+    args = parse([str(patient), "--dose-model", str(save_checkpoint(tmp_path / "seg.pt", seg, seg.build_network())),
+                  "--out", "unused"])
+    with pytest.raises(ValueError, match="give a dose model"):
+        plan_command.target_dose_for(args, case, protocol)
+
+
+def test_plan_refuses_a_non_empty_output_folder(openkbp_root, tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    patient = openkbp_root / "validation-pats" / "pt_201"
+    args = parse([str(patient), "--target-dose", str(patient / "dose.csv.gz"), "--out", str(tmp_path)])
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        plan_command.run_plan(args)
+
+
+@pytest.mark.slow
+def test_plan_command_writes_a_complete_plan(openkbp_root, tmp_path, capsys):
+    patient = openkbp_root / "validation-pats" / "pt_201"
+    out = tmp_path / "plan"
+    assert plan_command.run_plan(parse([str(patient), "--target-dose", str(patient / "dose.csv.gz"),
+                                        "--out", str(out)])) == 0
+    summary = json.loads((out / "plan.json").read_text())
+    assert summary["goals_met"]["plan"] >= summary["goals_met"]["target"]
+    assert summary["total_s"] < 60.0
+    assert set(summary["timings_s"]) >= {"load", "target dose", "geometry", "matrix", "optimisation", "sequencing",
+                                         "final dose", "export", "report"}
+    dose = read_prediction(out / "plan_dose.csv")
+    assert dose.max() > 60.0
+    assert {p.name for p in (out / "dicom").iterdir()} >= {"RTPLAN.dcm", "RTDOSE.dcm", "RTSTRUCT.dcm"}
+    assert (out / "report" / "report.html").is_file()
+    assert "timing (s):" in capsys.readouterr().out
