@@ -46,8 +46,10 @@ def virtual_sites(config: DictConfig, dst: Path) -> list[VirtualSite]:
 
 
 def backend_config(config: DictConfig) -> dict:
-    """Ray settings: small per-hospital resources, no dashboard; an existing cluster if ``ray_address`` is set."""
-    init_args = {"include_dashboard": False}
+    """Ray settings: small per-hospital resources, no dashboard; a local Ray on loopback only, or an existing
+    cluster if ``ray_address`` is set.
+    """
+    init_args: dict = {"include_dashboard": False}
     if config.simulation.ray_address:
         init_args["address"] = str(config.simulation.ray_address)
     return {"client_resources": {"num_cpus": float(config.simulation.cpus_per_site), "num_gpus": 0.0},
@@ -58,6 +60,10 @@ def simulate(config: DictConfig) -> SimulationOutcome:
     """Run (or, with ``resume=``, continue) a federated simulation; Ray is shut down whatever happens."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
+    if not config.simulation.ray_address:
+        # A single-machine Ray: every Ray process listens on 127.0.0.1 only, never on the machine's network
+        # address (Ray reads this switch, named for Windows/macOS, when it is imported).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
     from flwr.simulation import run_simulation
 
