@@ -41,16 +41,22 @@ def split_dirs(root: Path, train_split: str, val_split: str, val_fraction: float
     return dirs[: len(dirs) - n_val], dirs[len(dirs) - n_val:]
 
 
+def data_root(data: dict, protocol: Protocol, seed: int = 0) -> tuple[Path, Protocol]:
+    """The dataset folder of the ``data`` section and the protocol to read it with; with ``root: null``
+    the generated phantoms (generated once, cached), read on their own grid.
+    """
+    if data.get("root"):
+        return Path(data["root"]).expanduser(), protocol
+    from protocols.phantom import ensure_phantom_dataset, phantom_protocol
+
+    shape = tuple(data["phantom_shape"]) if data.get("phantom_shape") else None
+    root = ensure_phantom_dataset(protocol, n_patients=int(data.get("phantoms", 10)), seed=seed, shape=shape)
+    return root, phantom_protocol(protocol, shape)
+
+
 def load_split(data: dict, protocol: Protocol, policy: Policy | str = Policy.WARN, seed: int = 0) -> DataSplit:
     """Cases for ``data`` (the ``data`` section of the config); ``root: null`` means generated phantoms."""
-    if data.get("root"):
-        root = Path(data["root"]).expanduser()
-    else:
-        from protocols.phantom import ensure_phantom_dataset, phantom_protocol
-
-        shape = tuple(data["phantom_shape"]) if data.get("phantom_shape") else None
-        root = ensure_phantom_dataset(protocol, n_patients=int(data.get("phantoms", 10)), seed=seed, shape=shape)
-        protocol = phantom_protocol(protocol, shape)
+    root, protocol = data_root(data, protocol, seed)
     train_dirs, val_dirs = split_dirs(root, data.get("train_split", "train-pats"),
                                       data.get("val_split", "validation-pats"), float(data.get("val_fraction", 0.2)))
     policy = Policy(policy)

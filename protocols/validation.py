@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -65,6 +66,11 @@ class CaseReport:
     def usable(self) -> bool:
         return not self.errors
 
+    def to_dict(self) -> dict:
+        return {"patient": self.patient_id, "path": str(self.path or ""), "status": self.status,
+                "findings": [{"severity": f.severity.value, "code": f.code, "message": f.message,
+                              "path": str(f.path or ""), "fix": f.fix} for f in self.findings]}
+
     @property
     def status(self) -> str:
         return "error" if self.errors else "warning" if self.warnings else "ok"
@@ -105,3 +111,9 @@ def format_reports(reports: list[CaseReport]) -> str:
     lines.append(f"{len(reports)} patients: {counts['ok']} ok, {counts['warning']} with warnings, "
                  f"{counts['error']} unusable")
     return "\n".join(lines)
+
+
+def print_reports(reports: list[CaseReport], as_json: bool = False) -> int:
+    """Print reports (table or JSON) for a command; the exit code is 1 when any case is unusable."""
+    print(json.dumps([r.to_dict() for r in reports], indent=2) if as_json else format_reports(reports))
+    return 1 if any(not r.usable for r in reports) else 0

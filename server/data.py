@@ -12,7 +12,7 @@ from typing import Any
 from protocols.case import Case
 from protocols.openkbp import load_openkbp_case
 from protocols.protocol import Protocol
-from protocols.splits import split_dirs
+from protocols.splits import data_root, split_dirs
 from protocols.validation import Policy
 
 
@@ -28,14 +28,7 @@ class PatientFolders:
 
 def patient_folders(data: dict[str, Any], protocol: Protocol, seed: int = 0) -> PatientFolders:
     """The ``data`` section's patients; ``root: null`` means the generated phantoms (read on their own grid)."""
-    if data.get("root"):
-        root = Path(data["root"]).expanduser()
-    else:
-        from protocols.phantom import ensure_phantom_dataset, phantom_protocol
-
-        shape = tuple(data["phantom_shape"]) if data.get("phantom_shape") else None
-        root = ensure_phantom_dataset(protocol, n_patients=int(data.get("phantoms", 10)), seed=seed, shape=shape)
-        protocol = phantom_protocol(protocol, shape)
+    root, protocol = data_root(data, protocol, seed)
     train, val = split_dirs(root, data.get("train_split", "train-pats"), data.get("val_split", "validation-pats"),
                             float(data.get("val_fraction", 0.2)))
     if data.get("max_cases") is not None:

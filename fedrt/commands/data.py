@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from fedrt.commands.dicom import add_import_dicom
 from protocols.dataset import ProtocolDataset
 from protocols.protocol import load_protocol
-from protocols.validation import Policy, format_reports
+from protocols.validation import Policy, print_reports
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,11 +26,4 @@ def run_check(args: argparse.Namespace) -> int:
     protocol = load_protocol(args.protocol)
     dataset = ProtocolDataset(args.path, protocol, Policy.IGNORE, require_dose=not args.no_dose)
     reports = dataset.reports()
-    if args.json:
-        print(json.dumps([{"patient": r.patient_id, "path": str(r.path), "status": r.status,
-                           "findings": [{"severity": f.severity.value, "code": f.code, "message": f.message,
-                                         "path": str(f.path or ""), "fix": f.fix} for f in r.findings]}
-                          for r in reports], indent=2))
-    else:
-        print(format_reports(reports))
-    return 1 if any(not r.usable for r in reports) else 0
+    return print_reports(reports, args.json)

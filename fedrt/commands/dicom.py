@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from protocols.dicom.export import export_case
 from protocols.dicom.importer import FORMATS, import_dicom, read_sidecar_grid
 from protocols.openkbp import load_openkbp_case
 from protocols.protocol import load_protocol
-from protocols.validation import DataValidationError, Policy, format_reports
+from protocols.validation import DataValidationError, Policy, print_reports
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,14 +40,7 @@ def add_import_dicom(data_subparsers: argparse._SubParsersAction) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     reports = import_dicom(args.src, args.dst, load_protocol(args.protocol), args.fmt, args.names, args.policy)
-    if args.json:
-        print(json.dumps([{"patient": r.patient_id, "status": r.status,
-                           "findings": [{"severity": f.severity.value, "code": f.code, "message": f.message,
-                                         "path": str(f.path or ""), "fix": f.fix} for f in r.findings]}
-                          for r in reports], indent=2))
-    else:
-        print(format_reports(reports))
-    return 1 if any(not r.usable for r in reports) else 0
+    return print_reports(reports, args.json)
 
 
 def run_export(args: argparse.Namespace) -> int:
