@@ -52,6 +52,23 @@ def test_dose_model_prediction_is_the_dose_to_mimic(openkbp_root, protocol, tmp_
         plan_command.target_dose_for(args, case, protocol)
 
 
+def test_seg_model_contours_only_the_missing_oars(openkbp_root, protocol, tmp_path):
+    case, _ = load_openkbp_case(openkbp_root / "train-pats" / "pt_1", protocol)  # no Esophagus, no Larynx
+    given = {name: mask.copy() for name, mask in case.structures.items()}
+    config = ModelConfig(channels=(4, 8), strides=(2,), res_units=0, downsample=2, patch=(32, 32, 32))
+    seg = make_task("seg", protocol, config)
+    network = seg.build_network()
+    with torch.no_grad():  # a constant large bias: every voxel is predicted inside every OAR
+        for module in network.modules():
+            if isinstance(module, torch.nn.Conv3d) and module.out_channels == len(protocol.oars):
+                module.weight.zero_()
+                module.bias.fill_(5.0)
+    added = plan_command.contour_missing_oars(case, str(save_checkpoint(tmp_path / "seg.pt", seg, network)))
+    assert added == ["Esophagus", "Larynx"]
+    for name, mask in given.items():
+        np.testing.assert_array_equal(case.structures[name], mask)
+
+
 def test_plan_refuses_a_non_empty_output_folder(openkbp_root, tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     patient = openkbp_root / "validation-pats" / "pt_201"

@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "prediction is mimicked")
     source.add_argument("--target-dose",
                         help="dose to mimic: OpenKBP prediction CSV (or a patient's dose.csv.gz), or an RT Dose")
+    parser.add_argument("--seg-model", help="segmentation model (checkpoint or models:/NAME@ALIAS) that contours "
+                        "the OARs the patient has no contour for")
     parser.add_argument("--out", required=True, help="new or empty output folder")
     parser.add_argument("--protocol", default="hn-openkbp", help="protocol name or YAML path (default hn-openkbp)")
     parser.add_argument("--beams", type=int, default=9, help="equally spaced coplanar beams (default 9)")
@@ -77,6 +79,22 @@ def target_dose_for(args: argparse.Namespace, case: Case, protocol: Protocol) ->
     return read_prediction(path, case.shape).astype(np.float32), f"dose file {path.name}"
 
 
+def contour_missing_oars(case: Case, seg_model: str) -> list[str]:
+    """Add the segmentation model's masks for the OARs the case has no contour for; returns their names."""
+    from models import loop
+    from models.checkpoint import load_checkpoint
+    from models.registry import resolve_model
+
+    model = load_checkpoint(resolve_model(seg_model))
+    if model.task.name != "seg":
+        raise ValueError(f"--seg-model {seg_model} is a {model.task.name} model; give a segmentation model")
+    missing = [name for name in model.task.protocol.oars if name not in case.structures]
+    if missing:
+        masks = loop.predict(model.network, model.task, case)
+        case.structures.update({name: masks[name] for name in missing if masks[name].any()})
+    return [name for name in missing if name in case.structures]
+
+
 def _progress(stage: str, message: str) -> None:
     print(f"[{stage}] {message}", file=sys.stderr, flush=True)
 
@@ -93,6 +111,10 @@ def run_plan(args: argparse.Namespace) -> int:
     clock = StageClock(_progress)
     with clock.stage("load"):
         case, _ = load_openkbp_case(source, protocol, Policy.RAISE, require_dose=False)
+    if args.seg_model:
+        with clock.stage("segmentation"):
+            added = contour_missing_oars(case, args.seg_model)
+            _progress("segmentation", f"contoured {', '.join(added) or 'nothing (all OARs present)'}")
     with clock.stage("target dose"):
         target, label = target_dose_for(args, case, protocol)
     config = PlanConfig(n_beams=args.beams, levels=args.levels, max_iterations=args.iterations,
