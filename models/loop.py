@@ -37,16 +37,30 @@ class TrainResult:
         return self.history[-1] if self.history else float("nan")
 
 
-def _padded(prep: Prepared, patch: Sequence[int]) -> dict[str, torch.Tensor | np.ndarray]:
-    """Tensors of one case padded up to the patch size (air in the CT channel), with crop-sampler indices."""
+def _patch_padding(shape: Sequence[int], patch: Sequence[int]) -> list[int]:
+    """``F.pad`` widths (last axis first) that centre a volume in at least the patch size."""
     pads: list[int] = []
-    for size, want in reversed(list(zip(prep.image.shape[1:], patch, strict=True))):
+    for size, want in reversed(list(zip(shape, patch, strict=True))):
         extra = max(want - size, 0)
         pads += [extra // 2, extra - extra // 2]
-    image = F.pad(prep.image, pads)
+    return pads
+
+
+def pad_image(image: torch.Tensor, pads: list[int]) -> torch.Tensor:
+    """Pad channel-first inputs with zeros, and with air (-1) in the CT channel (channel 0)."""
+    padded = F.pad(image, pads)
     if any(pads):
-        image[0] = F.pad(prep.image[0] + 1.0, pads) - 1.0
-    item = {"image": image, "target": F.pad(prep.target, pads), "mask": F.pad(prep.mask, pads)}
+        padded[0] = F.pad(image[0] + 1.0, pads) - 1.0
+    return padded
+
+
+def _padded(prep: Prepared, patch: Sequence[int]) -> dict[str, torch.Tensor | np.ndarray]:
+    """Tensors of one case padded up to the patch size, with crop-sampler indices.
+
+    Inference pads the same way (``predict``): instance normalisation sees the same context as in training.
+    """
+    pads = _patch_padding(prep.image.shape[1:], patch)
+    item = {"image": pad_image(prep.image, pads), "target": F.pad(prep.target, pads), "mask": F.pad(prep.mask, pads)}
     fg = item["mask"] if prep.target.shape[0] == 1 else item["target"].amax(0, keepdim=True)
     item["fg"] = fg
     item["fg_idx"], item["bg_idx"] = foreground_indices(fg)
@@ -125,14 +139,17 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
 def predict(network: nn.Module, task: Task, case: Case):
     """Predict one case on its native grid: sliding-window inference at the model's resolution, resampled back."""
     crop = task.crop(case)
-    image = encoding.to_working(task.inputs(case), crop)[None]
-    roi = [min(p, s) for p, s in zip(task.model_config.patch, image.shape[2:], strict=True)]
+    image = encoding.to_working(task.inputs(case), crop)
+    shape = image.shape[1:]
+    pads = _patch_padding(shape, task.model_config.patch)
     was_training = network.training
     network.eval()
-    output = sliding_window_inference(image, roi, sw_batch_size=2, predictor=network, overlap=0.25,
-                                      mode="gaussian")
+    output = sliding_window_inference(pad_image(image, pads)[None], list(task.model_config.patch), sw_batch_size=2,
+                                      predictor=network, overlap=0.25, mode="gaussian")[0]
     network.train(was_training)
-    return task.postprocess(output[0], case, crop)
+    (l2, _, l1, _, l0, _) = pads
+    output = output[:, l0:l0 + shape[0], l1:l1 + shape[1], l2:l2 + shape[2]]
+    return task.postprocess(output, case, crop)
 
 
 def evaluate(network: nn.Module, task: Task, cases: Iterable[Case], progress: bool = False) -> dict[str, float]:

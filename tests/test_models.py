@@ -103,6 +103,25 @@ def test_prediction_is_native_grid_and_checkpoint_round_trip(cases, protocol, tm
     np.testing.assert_array_equal(loop.predict(loaded.network, loaded.task, case), dose)
 
 
+def test_prediction_sees_the_patient_padded_as_in_training(cases, protocol):
+    """A patient smaller than the patch is padded with air for inference exactly as for training: instance
+    normalisation then sees the same context, so predicting equals the network on the padded training sample.
+    """
+    config = ModelConfig(channels=(4, 8), strides=(2,), res_units=0, downsample=2, patch=(64, 64, 64))
+    task = make_task("dose", protocol, config)
+    torch.manual_seed(0)
+    net = task.build_network().eval()
+    prep = task.prepare(cases[0])
+    assert all(s < 64 for s in prep.image.shape[1:]), "the test needs a patient smaller than the patch"
+    pads = loop._patch_padding(prep.image.shape[1:], config.patch)
+    with torch.no_grad():
+        padded_out = net(loop.pad_image(prep.image, pads)[None])[0]
+    (l2, _, l1, _, l0, _) = pads
+    d0, d1, d2 = prep.image.shape[1:]
+    expected = task.postprocess(padded_out[:, l0:l0 + d0, l1:l1 + d1, l2:l2 + d2], cases[0], prep.crop)
+    np.testing.assert_allclose(loop.predict(net, task, cases[0]), expected, atol=1e-4)
+
+
 def test_evaluate_reports_task_metrics(cases, protocol):
     task = make_task("seg", protocol, SMALL)
     net = task.build_network()
