@@ -9,20 +9,24 @@ import sys
 from fedrt import __version__
 from fedrt.commands import (
     baseline,
+    certs,
     compare,
     data,
     dicom,
     evaluate,
     models,
+    node,
     phantoms,
     plan,
     predict,
     segment,
+    server,
     simulate,
     train,
 )
 
-COMMANDS = (train, predict, evaluate, data, dicom, segment, plan, phantoms, simulate, baseline, compare, models)
+COMMANDS = (train, predict, evaluate, data, dicom, segment, plan, phantoms, simulate, baseline, compare, models,
+            certs, server, node)
 
 
 class UserError(Exception):

@@ -1,0 +1,118 @@
+"""A hospital's Flower SuperNode: it connects OUT to the SuperLink over TLS (verified with the federation's
+CA), authenticates with the node's private key, and runs fedrt's ClientApp on the site's own dataset, whose
+location and protocol travel only in the node's local ``--node-config``. It opens no port to the network:
+its runtime API (for the ClientApp it starts) listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from client.endpoint import Endpoint
+from client.identity import load_node_private_key
+from client.processes import exec_process, flower_environment, flower_executable, start_process
+from protocols.protocol import load_protocol
+
+DEFAULT_RUNTIME_PORT = 9094
+RULE = "!" * 100
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Everything ``node start`` and ``node check`` take: where the server is, how to trust and authenticate
+    to it, and the site's dataset and protocol.
+    """
+
+    superlink: Endpoint
+    ca: Path | None
+    key: Path | None
+    data: Path
+    protocol: str = "hn-openkbp"
+    site_name: str | None = None
+    runtime_port: int = DEFAULT_RUNTIME_PORT
+    state_dir: Path | None = None
+    insecure: bool = False
+
+
+def _toml_string(key: str, value: str) -> str:
+    """``key='value'`` (a TOML literal string, no escapes) or, if the value holds ``'``, ``key="value"`` with
+    backslashes escaped: the forms Flower's ``--node-config`` parser reads back exactly.
+    """
+    if "\n" in value or ("'" in value and '"' in value):
+        raise ValueError(f"{key} {value!r}: a value may not hold both quote characters or a line break; "
+                         "rename the folder")
+    if "'" not in value:
+        return f"{key}='{value}'"
+    escaped = value.replace("\\", "\\\\")
+    return f'{key}="{escaped}"'
+
+
+def node_config(settings: NodeSettings) -> str:
+    """The ``--node-config`` string: the dataset folder, the protocol and (when set) the site's name."""
+    pairs = [_toml_string("data-path", str(settings.data.expanduser().resolve())),
+             _toml_string("protocol", settings.protocol)]
+    if settings.site_name:
+        pairs.append(_toml_string("site-name", settings.site_name))
+    return " ".join(pairs)
+
+
+def check_node_settings(settings: NodeSettings) -> None:
+    """Fail fast, naming the file and the fix, on what would make the SuperNode exit or retry forever."""
+    if settings.insecure:
+        if not settings.superlink.is_loopback:
+            raise ValueError(f"--insecure connects to this machine only (127.0.0.1 or localhost), not "
+                             f"{settings.superlink.host}: without TLS the traffic could be read on the network")
+    else:
+        if settings.ca is None or not settings.ca.is_file():
+            raise FileNotFoundError(f"CA certificate {settings.ca} not found; give --ca with the federation's "
+                                    "ca.crt from the server operator")
+        if settings.key is None:
+            raise ValueError("give --key NODE.key (created with `fedrt certs node NAME --out DIR`; its NAME.pub "
+                             "must be registered on the server)")
+        load_node_private_key(settings.key)
+    if not settings.data.is_dir():
+        raise FileNotFoundError(f"dataset folder {settings.data} does not exist; give --data with the site's "
+                                "protocol dataset (check it with `fedrt data check PATH`)")
+    load_protocol(settings.protocol)
+
+
+def insecure_banner(settings: NodeSettings) -> str:
+    """The warning an ``--insecure`` node prints."""
+    return (f"{RULE}\nINSECURE SUPERNODE, FOR LOCAL TESTING ONLY: no TLS, no node authentication; it talks to "
+            f"{settings.superlink} unencrypted.\nNever use it with patient data.\n{RULE}")
+
+
+def supernode_command(settings: NodeSettings) -> list[str]:
+    """The ``flower-supernode`` command line for ``settings``."""
+    command = [flower_executable("flower-supernode"), "--superlink", str(settings.superlink),
+               "--node-config", node_config(settings), "--host", "127.0.0.1", "--port", str(settings.runtime_port)]
+    if settings.insecure:
+        return [*command, "--insecure"]
+    return [*command, "--root-certificates", str(settings.ca.resolve()),
+            "--auth-supernode-private-key", str(settings.key.resolve())]
+
+
+def _environment(settings: NodeSettings) -> dict[str, str]:
+    if settings.state_dir is not None:
+        settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return flower_environment(settings.state_dir)
+
+
+def start_supernode(settings: NodeSettings, log_path: Path) -> subprocess.Popen:
+    """Start the SuperNode in the background (own process group); stop it with ``client.processes.stop_process``."""
+    check_node_settings(settings)
+    return start_process(supernode_command(settings), _environment(settings), log_path)
+
+
+def run_supernode(settings: NodeSettings) -> NoReturn:
+    """Check the settings, say what runs, then become the SuperNode (foreground, for a service manager)."""
+    check_node_settings(settings)
+    if settings.insecure:
+        print(insecure_banner(settings), file=sys.stderr)
+    print(f"fedrt node: SuperNode connecting out to {settings.superlink}; data {settings.data} "
+          f"(protocol {settings.protocol}); no inbound port is opened", file=sys.stderr)
+    exec_process(supernode_command(settings), _environment(settings))

@@ -1,0 +1,64 @@
+"""``fedrt certs``: the federation's CA and server certificate (``init``, ``renew``) and a node's key pair
+(``node``), written with safe permissions and never over existing files unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from client.identity import key_fingerprint, load_node_private_key
+from server.certs import CA_DAYS, SERVER_DAYS, create_node_keys, init_certificates, renew_server_certificate
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("certs", help="create the deployment's CA, server certificate and node keys")
+    sub = parser.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+    init = sub.add_parser("init", help="create the CA and the aggregation server's TLS certificate")
+    init.add_argument("--out", required=True, help="folder for ca.crt, ca.key, server.crt, server.key")
+    init.add_argument("--host", action="extend", nargs="+", required=True, metavar="NAME_OR_IP",
+                      help="DNS name(s) and IP address(es) the hospitals use to reach the server (SANs)")
+    init.add_argument("--days", type=int, default=SERVER_DAYS,
+                      help=f"server certificate validity (default {SERVER_DAYS})")
+    init.add_argument("--ca-days", type=int, default=CA_DAYS, help=f"CA validity (default {CA_DAYS})")
+    init.add_argument("--force", action="store_true", help="replace existing files (hospitals then need the new CA)")
+    init.set_defaults(run=run_init)
+    renew = sub.add_parser("renew", help="issue a new server certificate with the existing CA (rotation)")
+    renew.add_argument("--out", required=True, help="the folder of `certs init` (holding ca.crt and ca.key)")
+    renew.add_argument("--host", action="extend", nargs="+", required=True, metavar="NAME_OR_IP",
+                       help="DNS name(s) and IP address(es) of the server")
+    renew.add_argument("--days", type=int, default=SERVER_DAYS, help=f"validity (default {SERVER_DAYS})")
+    renew.set_defaults(run=run_renew)
+    node = sub.add_parser("node", help="create a node key pair (NAME.key stays at the hospital, NAME.pub is sent)")
+    node.add_argument("name", help="the site's pseudonymous name, e.g. site-a")
+    node.add_argument("--out", required=True, help="folder for NAME.key and NAME.pub")
+    node.add_argument("--force", action="store_true", help="replace an existing key pair")
+    node.set_defaults(run=run_node)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    try:
+        files = init_certificates(args.out, args.host, force=args.force, ca_days=args.ca_days, server_days=args.days)
+    except FileExistsError as exc:
+        raise ValueError(str(exc)) from exc
+    print(f"CA:     {files.ca_cert} (give to every hospital: --ca)")
+    print(f"        {files.ca_key} (secret, owner-only: it signs server certificates; only `certs renew` needs it)")
+    print(f"server: {files.server_cert}, {files.server_key} (for `fedrt server start --certs {args.out}`)")
+    return 0
+
+
+def run_renew(args: argparse.Namespace) -> int:
+    files = renew_server_certificate(args.out, args.host, days=args.days)
+    print(f"new server certificate {files.server_cert}; restart the server to use it (hospitals change nothing)")
+    return 0
+
+
+def run_node(args: argparse.Namespace) -> int:
+    try:
+        files = create_node_keys(args.name, args.out, force=args.force)
+    except FileExistsError as exc:
+        raise ValueError(str(exc)) from exc
+    fingerprint = key_fingerprint(load_node_private_key(files.private_key).public_key())
+    print(f"private key: {files.private_key} (stays on this node: --key)")
+    print(f"public key:  {files.public_key} ({fingerprint}); send it to the server operator, who runs "
+          f"`fedrt server register {files.public_key.name} --name {args.name} ...`")
+    return 0

@@ -1,0 +1,71 @@
+"""``fedrt node``: run a hospital's SuperNode (``start``) and check, before joining, everything that would stop
+it (``check``), each failure with its cause and fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from client.endpoint import Endpoint
+from client.preflight import format_checks, run_preflight
+from client.supernode import DEFAULT_RUNTIME_PORT, NodeSettings, run_supernode
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags ``node start`` and ``node check`` share."""
+    parser.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the aggregation server's address")
+    parser.add_argument("--ca", type=Path, help="the federation's ca.crt (from the server operator)")
+    parser.add_argument("--key", type=Path, help="this node's private key (NAME.key from `fedrt certs node`)")
+    parser.add_argument("--data", type=Path, required=True, help="the site's protocol dataset folder")
+    parser.add_argument("--protocol", default="hn-openkbp", help="protocol name or YAML path (default hn-openkbp)")
+    parser.add_argument("--site-name", help="the pseudonym this site reports in metrics (default: from the node id)")
+    parser.add_argument("--runtime-port", type=int, default=DEFAULT_RUNTIME_PORT,
+                        help=f"local port (127.0.0.1 only) for the node's ClientApp (default {DEFAULT_RUNTIME_PORT})")
+    parser.add_argument("--state", type=Path, help="folder for Flower's node files (default ~/.flwr)")
+    parser.add_argument("--insecure", action="store_true", help="LOCAL TESTING ONLY: a server started with --insecure")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("node", help="run a hospital's node, or check it can join")
+    sub = parser.add_subparsers(dest="node_command", required=True, metavar="ACTION")
+    start = sub.add_parser("start", help="run the SuperNode (outbound connection only) training on --data",
+                           description="Runs flower-supernode in the foreground; run `fedrt node check` first.")
+    add_node_arguments(start)
+    start.set_defaults(run=run_start)
+    check = sub.add_parser("check", help="preflight: dataset, network, TLS certificate, registered key")
+    add_node_arguments(check)
+    check.add_argument("--timeout", type=float, default=10.0, help="seconds per network check (default 10)")
+    check.add_argument("--json", action="store_true", help="print the checks as JSON")
+    check.set_defaults(run=run_check)
+
+
+def settings_from_args(args: argparse.Namespace) -> NodeSettings:
+    """NodeSettings from the shared flags."""
+    return NodeSettings(Endpoint.parse(args.superlink), args.ca, args.key, args.data, args.protocol, args.site_name,
+                        args.runtime_port, args.state, args.insecure)
+
+
+def run_start(args: argparse.Namespace) -> int:
+    run_supernode(settings_from_args(args))
+
+
+def run_check(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if not settings.insecure and (settings.ca is None or settings.key is None):
+        raise ValueError("give --ca CA.crt and --key NODE.key (or --insecure for a local test server)")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    checks, report = run_preflight(settings, args.timeout)
+    if args.json:
+        print(json.dumps({"checks": [asdict(c) for c in checks], "report": report}, indent=2))
+    else:
+        if report:
+            print(report + "\n")
+        print(format_checks(checks))
+        failed = [c for c in checks if c.failed]
+        print("ready to join: `fedrt node start` with the same flags" if not failed else
+              f"{len(failed)} check(s) failed: fix them and run `fedrt node check` again")
+    return 1 if any(c.failed for c in checks) else 0
