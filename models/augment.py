@@ -6,7 +6,13 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.transforms import Compose, MapTransform, RandCropByPosNegLabeld, RandomizableTransform
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    RandCropByLabelClassesd,
+    RandCropByPosNegLabeld,
+    RandomizableTransform,
+)
 
 KEYS = ("image", "target", "mask")
 # Spatial axis 1 runs patient right -> left (protocols.case.AXES); channel-first tensors put it at dim 2.
@@ -50,19 +56,31 @@ class RandIntensityJitterd(RandomizableTransform, MapTransform):
 
 
 def training_transform(patch: Sequence[int], permutations: Mapping[str, Sequence[int]], flip: bool,
-                       jitter: float, seed: int) -> Compose:
-    """Crop a patch centred on foreground two times in three, then flip and jitter."""
-    transforms = [
-        RandCropByPosNegLabeld(keys=list(KEYS), label_key="fg", spatial_size=list(patch), pos=2, neg=1,
-                               num_samples=1, fg_indices_key="fg_idx", bg_indices_key="bg_idx",
-                               allow_smaller=True),
-        RandIntensityJitterd("image", jitter),
-    ]
+                       jitter: float, seed: int, classes: int = 0) -> Compose:
+    """Crop a patch, then flip and jitter. The crop is centred on foreground two times in three; with
+    ``classes`` (segmentation) it is centred on each class equally often, background half as often, so that
+    small organs (spinal cord, esophagus) are seen as often as large ones.
+    """
+    if classes:
+        crop = RandCropByLabelClassesd(keys=list(KEYS), label_key="fg", spatial_size=list(patch),
+                                       ratios=[1, *([2] * classes)], num_classes=classes + 1, num_samples=1,
+                                       indices_key="class_idx", allow_smaller=True, warn=False)
+    else:
+        crop = RandCropByPosNegLabeld(keys=list(KEYS), label_key="fg", spatial_size=list(patch), pos=2, neg=1,
+                                      num_samples=1, fg_indices_key="fg_idx", bg_indices_key="bg_idx",
+                                      allow_smaller=True)
+    transforms = [crop, RandIntensityJitterd("image", jitter)]
     if flip:
         transforms.append(RandLateralFlipd(permutations))
     compose = Compose(transforms)
     compose.set_random_state(seed=seed)
     return compose
+
+
+def class_indices(target: torch.Tensor) -> list[np.ndarray]:
+    """Flat voxel indices of the background and of each target channel, for the class-balanced sampler."""
+    flat = target.reshape(target.shape[0], -1).numpy() > 0
+    return [np.flatnonzero(~flat.any(0)), *(np.flatnonzero(channel) for channel in flat)]
 
 
 def foreground_indices(fg: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models import encoding
-from models.augment import foreground_indices, training_transform
+from models.augment import class_indices, foreground_indices, training_transform
 from models.config import TrainConfig
 from models.tasks import Prepared, Task
 from protocols.case import Case
@@ -61,9 +61,12 @@ def _padded(prep: Prepared, patch: Sequence[int]) -> dict[str, torch.Tensor | np
     """
     pads = _patch_padding(prep.image.shape[1:], patch)
     item = {"image": pad_image(prep.image, pads), "target": F.pad(prep.target, pads), "mask": F.pad(prep.mask, pads)}
-    fg = item["mask"] if prep.target.shape[0] == 1 else item["target"].amax(0, keepdim=True)
-    item["fg"] = fg
-    item["fg_idx"], item["bg_idx"] = foreground_indices(fg)
+    if prep.target.shape[0] == 1:
+        item["fg"] = item["mask"]
+        item["fg_idx"], item["bg_idx"] = foreground_indices(item["mask"])
+    else:
+        item["fg"] = item["target"][:1]
+        item["class_idx"] = class_indices(item["target"])
     return item
 
 
@@ -91,7 +94,9 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
     rng = np.random.default_rng(config.seed)
     patch = task.model_config.patch
     items = [_padded(p, patch) for p in prepared]
-    transform = training_transform(patch, task.permutations(), config.flip, config.intensity_jitter, config.seed)
+    classes = task.out_channels if task.name == "seg" else 0
+    transform = training_transform(patch, task.permutations(), config.flip, config.intensity_jitter, config.seed,
+                                   classes)
     steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(items) / config.batch_size))
     total = config.epochs * steps_per_epoch
     budget_s = config.max_minutes * 60 if config.max_minutes else None

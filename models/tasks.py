@@ -181,12 +181,15 @@ class SegTask(Task):
         return {"image": [0], "target": encoding.oar_channel_permutation(self.protocol), "mask": [0]}
 
     def loss(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Dice over the organs present in each patch (an absent organ's Dice only teaches "predict nothing",
+        which collapses small organs), BCE over every contoured organ.
+        """
         labelled = batch["labelled"]
+        present = labelled * (batch["target"].flatten(2).amax(-1) > 0)
         dice = self.dice(output, batch["target"]).reshape(labelled.shape)
-        bce = F.binary_cross_entropy_with_logits(output, batch["target"], reduction="none")
-        bce = bce.flatten(2).mean(-1)
-        weight = labelled.sum().clamp_min(1.0)
-        return ((dice + bce) * labelled).sum() / weight
+        bce = F.binary_cross_entropy_with_logits(output, batch["target"], reduction="none").flatten(2).mean(-1)
+        return ((dice * present).sum() / present.sum().clamp_min(1.0)
+                + (bce * labelled).sum() / labelled.sum().clamp_min(1.0))
 
     def postprocess(self, output: torch.Tensor, case: Case, crop: encoding.Crop) -> dict[str, np.ndarray]:
         """Boolean masks on the native grid, one per OAR."""
