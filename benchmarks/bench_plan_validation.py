@@ -1,8 +1,9 @@
-"""``fedrt plan`` on the shared validation patients, mimicking each patient's clinical dose.
+"""``fedrt plan`` on the shared validation patients, mimicking each patient's clinical dose (or, with
+``--dose-model``, the model's predicted dose).
 
 Reports per patient the timing breakdown, the OpenKBP-Opt clinical criteria met by the plan and by the clinical
 dose, and the plan's OpenKBP dose and DVH errors against the clinical dose; then the totals.
-Usage: ``python benchmarks/bench_plan_validation.py [--patients DIR] [--out results.json]``.
+Usage: ``python benchmarks/bench_plan_validation.py [--patients DIR] [--dose-model MODEL] [--out results.json]``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from fedrt.commands import plan as plan_command  # noqa: E402
 from protocols.dataset import find_patient_dirs  # noqa: E402
-from protocols.metrics import openkbp_dvh_errors  # noqa: E402
+from protocols.metrics import evaluate_goals, openkbp_dose_error, openkbp_dvh_errors  # noqa: E402
 from protocols.openkbp import load_openkbp_case, read_prediction, source_file  # noqa: E402
 from protocols.protocol import load_protocol  # noqa: E402
 
@@ -30,6 +31,7 @@ DEFAULT_PATIENTS = REPO.parent / "shared" / "data" / "openkbp" / "validation-pat
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", default=str(DEFAULT_PATIENTS))
+    parser.add_argument("--dose-model", default=None, help="mimic this model's prediction instead of the clinical dose")
     parser.add_argument("--out", default=None, help="write per-patient results as JSON here")
     args = parser.parse_args()
     protocol = load_protocol("hn-openkbp")
@@ -39,14 +41,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for patient in find_patient_dirs(Path(args.patients)):
             out = Path(scratch) / patient.name
-            dose_file = source_file(patient, "dose")
-            plan_command.run_plan(cli.parse_args(["plan", str(patient), "--target-dose", str(dose_file),
-                                                  "--out", str(out)]))
+            source = (["--dose-model", args.dose_model] if args.dose_model
+                      else ["--target-dose", str(source_file(patient, "dose"))])
+            plan_command.run_plan(cli.parse_args(["plan", str(patient), *source, "--out", str(out)]))
             summary = json.loads((out / "plan.json").read_text())
             case, _ = load_openkbp_case(patient, protocol)
             planned = read_prediction(out / "plan_dose.csv", case.shape)
             dvh = openkbp_dvh_errors(case.dose_gy, planned, case.structures, case.voxel_volume_mm3, protocol)
             summary["dvh_error_vs_target_gy"] = float(np.mean([e.abs_error_gy for e in dvh]))
+            summary["dose_error_vs_target_gy"] = openkbp_dose_error(case.dose_gy, planned, case.possible_dose_mask)
+            clinical = evaluate_goals(case.dose_gy, case.structures, case.voxel_volume_mm3, protocol)
+            summary["goals_met"]["target"] = sum(bool(g.passed) for g in clinical)
             rows.append(summary)
     print(f"{'patient':<8} {'met plan':>8} {'clinical':>8} {'dose err':>8} {'DVH err':>8} {'MU/fx':>6} "
           f"{'segs':>5} {'total s':>7}  breakdown (s)")
