@@ -19,6 +19,7 @@ from fedrt.commands import (
     phantoms,
     plan,
     predict,
+    run,
     segment,
     server,
     simulate,
@@ -26,7 +27,7 @@ from fedrt.commands import (
 )
 
 COMMANDS = (train, predict, evaluate, data, dicom, segment, plan, phantoms, simulate, baseline, compare, models,
-            certs, server, node)
+            certs, server, node, run)
 
 
 class UserError(Exception):

@@ -6,6 +6,7 @@ Flower configuration file is needed.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,8 @@ class SuperLinkControl:
             raise FileNotFoundError(f"CA certificate {ca} not found; give --ca with the ca.crt from `fedrt certs init`")
         self.endpoint, self.ca, self.insecure = endpoint, ca, insecure
         self._client = ControlHttpClient(f"{'http' if insecure else 'https'}://{endpoint}", timeout=timeout_s,
-                                         verify=False if insecure else str(Path(ca).resolve()))
+                                         verify=False if insecure else ssl.create_default_context(
+                                             cafile=str(Path(ca).resolve())))
 
     def __enter__(self) -> SuperLinkControl:
         return self

@@ -1,18 +1,32 @@
-"""Helpers for the deployment tests: free loopback ports, PEM files of generated certificates, and a small
-TLS server on 127.0.0.1 that presents a given certificate (to provoke each preflight failure for real).
+"""Helpers for the deployment tests: free loopback ports, PEM files of generated certificates, a small TLS
+server on 127.0.0.1 that presents a given certificate (to provoke each preflight failure for real), and a
+real deployment (SuperLink + registered SuperNodes on linked real patients) started and stopped by PID.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
+import signal
 import socket
 import ssl
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from client.endpoint import Endpoint
+from client.processes import descendants, stop_process, wait_until_listening
+from client.supernode import NodeSettings, start_supernode
+from fedrt.commands import run as run_command
+from server.certs import create_node_keys, init_certificates
+from server.nodes import SuperLinkControl
+from server.superlink import SuperLinkSettings, start_superlink
 
 
 def free_port() -> int:
@@ -99,3 +113,98 @@ def listening_sockets(pid: int) -> set[tuple[str, int]]:
             raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # /proc prints host-order words
             found.add((socket.inet_ntop(family, raw), int(port, 16)))
     return found
+
+
+def link_site(root: Path, openkbp_root: Path, train: list[str], val: list[str]) -> Path:
+    """An OpenKBP-layout folder at ``root`` holding links to the given real patients."""
+    for split, patients in (("train-pats", train), ("validation-pats", val)):
+        (root / split).mkdir(parents=True)
+        for patient in patients:
+            (root / split / patient).symlink_to(openkbp_root / split / patient)
+    return root
+
+
+class Deployment:
+    """A SuperLink with TLS and node authentication on 127.0.0.1 and one registered SuperNode per site, all
+    started on enter and stopped (by PID, with their descendants) on exit.
+    """
+
+    def __init__(self, tmp_path: Path, sites: dict[str, Path]):
+        self.tmp_path, self.sites = tmp_path, sites
+        self.certs = init_certificates(tmp_path / "certs", ["fl.example.org"])
+        self.settings = SuperLinkSettings(tmp_path / "state", tmp_path / "certs", "127.0.0.1", free_port())
+        self.started: list[subprocess.Popen] = []
+        self.nodes: dict[str, subprocess.Popen] = {}
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The SuperLink's loopback address."""
+        return Endpoint("127.0.0.1", self.settings.port)
+
+    def __enter__(self) -> Deployment:
+        try:
+            self.started.append(start_superlink(self.settings))
+            wait_until_listening(self.started[0], "127.0.0.1", self.settings.port,
+                                 self.settings.state_dir / "superlink.console.log")
+            with SuperLinkControl(self.endpoint, self.certs.ca_cert) as control:
+                for name, data in self.sites.items():
+                    keys = create_node_keys(name, self.tmp_path / "keys")
+                    control.register(keys.public_key, name)
+                    node = NodeSettings(self.endpoint, self.certs.ca_cert, keys.private_key, data, site_name=name,
+                                        runtime_port=free_port(), state_dir=self.tmp_path / f"{name}-state")
+                    self.nodes[name] = start_supernode(node, self.tmp_path / f"{name}.log")
+                    self.started.append(self.nodes[name])
+                deadline = time.monotonic() + 60
+                while sum(n.status == "online" for n in control.nodes()) < len(self.sites):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the SuperNodes did not come online; see {self.tmp_path}/*.log")
+                    time.sleep(0.5)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in reversed(self.started):
+            stop_process(proc)
+
+    def kill_node(self, name: str) -> None:
+        """Kill site ``name``'s SuperNode and the apps it started at once (SIGKILL by PID: a crash, no goodbye)."""
+        proc = self.nodes[name]
+        spawned = [pid for pid, _ in descendants(proc.pid)]
+        for pid in [proc.pid, *spawned]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+    def wait_for_app(self, name: str, timeout_s: float) -> None:
+        """Block until site ``name``'s SuperNode runs a ClientApp (it received work from the ServerApp)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for pid, _ in descendants(self.nodes[name].pid):
+                with contextlib.suppress(OSError):
+                    if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        return
+            time.sleep(0.2)
+        raise TimeoutError(f"site {name} ran no ClientApp within {timeout_s:g} s; see {self.tmp_path}/{name}.log")
+
+
+def fedrt_run(argv: list[str]) -> int:
+    """``fedrt run ARGV`` through the command module (as ``fedrt/cli.py`` dispatches it)."""
+    parser = argparse.ArgumentParser(prog="fedrt")
+    run_command.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["run", *argv])
+    return args.run(args)
+
+
+def smoke_overrides(tmp_path: Path, server_data: Path, rounds: int = 2) -> list[str]:
+    """A smoke-size run of ``rounds`` rounds on 2 sites, tracked in a SQLite MLflow store under ``tmp_path``."""
+    return ["preset=smoke", f"data.root={server_data}", "num_sites=2", f"rounds={rounds}", "data.max_val_cases=1",
+            "federation.local_epochs=1", "train.steps_per_epoch=2", "train.threads=1", "federation.node_wait_s=120",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"output={tmp_path / 'federated.pt'}"]
+
+
+def two_sites(tmp_path: Path, openkbp_root: Path) -> dict[str, Path]:
+    """site-a and site-b with two training and one validation patient each (real OpenKBP patients)."""
+    return {"site-a": link_site(tmp_path / "site-a", openkbp_root, ["pt_1", "pt_2"], ["pt_201"]),
+            "site-b": link_site(tmp_path / "site-b", openkbp_root, ["pt_3", "pt_4"], ["pt_202"])}

@@ -1,0 +1,53 @@
+"""``fedrt run [overrides] --superlink HOST:PORT --ca CA.crt``: submit a federated training run to a deployment
+and follow it (progress and one summary per round, as the server's ServerApp prints them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from fedrt.config import compose
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run", help="submit a federated training run to a deployment (SuperLink) and follow it",
+        description="Hydra overrides as for `fedrt simulate` (e.g. preset=smoke rounds=5 strategy=fedprox "
+                    "federation.min_available_nodes=2 tracking.uri=sqlite:///mlflow.db, or resume=<run id>). "
+                    "They are composed on the SERVER: data.root, tracking.uri and output are server paths "
+                    "(relative ones land in the SuperLink's state folder). Each hospital trains on the data of "
+                    "its own `fedrt node start --data`.")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    parser.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address")
+    parser.add_argument("--ca", type=Path, help="the federation's ca.crt (from `fedrt certs init`)")
+    parser.add_argument("--insecure", action="store_true", help="a local test server without TLS")
+    parser.add_argument("--detach", action="store_true", help="submit and return; do not follow the run")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from client.endpoint import Endpoint
+    from server.submit import submit_run
+
+    if not args.insecure and args.ca is None:
+        raise ValueError("give --ca CA.crt (the federation's ca.crt from `fedrt certs init`)")
+    compose(args.overrides)  # a bad override fails here, before anything is submitted
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        result = submit_run(Endpoint.parse(args.superlink), args.ca, args.overrides, args.insecure,
+                            follow=not args.detach)
+    except ConnectionError as exc:
+        raise ValueError(str(exc)) from exc
+    if args.detach:
+        print(f"run {result.run_id}: {result.status}; its progress goes to the ServerApp's output on the server")
+        return 0
+    if result.completed:
+        print(f"run {result.run_id} completed")
+        return 0
+    print(f"fedrt run: run {result.run_id} ended {result.status}:{result.sub_status}: {result.details}; the "
+          "ServerApp's output above and superlink.log on the server say why; a run with round checkpoints "
+          "resumes with resume=<MLflow run id>", file=sys.stderr)
+    return 1

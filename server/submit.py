@@ -1,0 +1,90 @@
+"""Submit a fedrt federated run to a running SuperLink over TLS (the Control API call ``flwr run`` makes) and
+follow it: stream the ServerApp's output (progress, one summary per round) until the run ends, then report
+how it ended. The submitted Flower app names the installed fedrt's apps and installs nothing (offline sites).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import httpx
+from flwr.cli.build import build_fab_from_disk
+from flwr.common.serde import fab_to_proto, user_config_to_proto
+from flwr.proto.control_pb2 import ListRunsRequest, StartRunRequest, StreamLogsRequest
+from flwr.supercore.control import ControlHttpClient
+from flwr.supercore.fab import Fab
+
+from client.endpoint import Endpoint
+from client.preflight import connection_failure
+from server.deployed import OVERRIDES_KEY, encode_overrides, write_app_definition
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a submitted run ended: Flower's run id, status (``finished``) and sub-status (``completed``, ...)."""
+
+    run_id: int
+    status: str
+    sub_status: str
+    details: str
+
+    @property
+    def completed(self) -> bool:
+        """Whether the ServerApp ran to its end without an error."""
+        return self.status == "finished" and self.sub_status == "completed"
+
+
+def build_app_fab() -> Fab:
+    """The Flower app (FAB) fedrt submits: its definition only; the code is the fedrt installed at each site."""
+    with tempfile.TemporaryDirectory(prefix="fedrt-app-") as tmp:
+        content = build_fab_from_disk(write_app_definition(Path(tmp) / "fedrt"))
+    return Fab(hashlib.sha256(content).hexdigest(), content, {})
+
+
+def _client(endpoint: Endpoint, ca: Path | None, insecure: bool) -> ControlHttpClient:
+    if not insecure and (ca is None or not Path(ca).is_file()):
+        raise FileNotFoundError(f"CA certificate {ca} not found; give --ca with the ca.crt from `fedrt certs init`")
+    verify = False if insecure else ssl.create_default_context(cafile=str(Path(ca).resolve()))
+    return ControlHttpClient(f"{'http' if insecure else 'https'}://{endpoint}", timeout=30.0, verify=verify)
+
+
+def _status(client: ControlHttpClient, run_id: int) -> RunResult:
+    run = client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]
+    return RunResult(run_id, run.status.status, run.status.sub_status, run.status.details)
+
+
+def submit_run(endpoint: Endpoint, ca: Path | None, overrides: list[str], insecure: bool = False,
+               follow: bool = True, out: TextIO | None = None, poll_s: float = 2.0) -> RunResult:
+    """Start a run of fedrt's apps with ``overrides`` on the SuperLink at ``endpoint``; with ``follow``, print
+    the ServerApp's output to ``out`` (default: stdout) until the run finishes, and return how it ended.
+    """
+    out = out or sys.stdout
+    client = _client(endpoint, ca, insecure)
+    try:
+        request = StartRunRequest(fab=fab_to_proto(build_app_fab()),
+                                  override_config=user_config_to_proto({OVERRIDES_KEY: encode_overrides(overrides)}))
+        try:
+            response = client.StartRun(request)
+        except httpx.TransportError as exc:
+            raise ConnectionError(connection_failure(endpoint, ca, insecure, exc)) from exc
+        if not response.HasField("run_id"):
+            raise RuntimeError(f"the SuperLink at {endpoint} did not start the run; see its superlink.log")
+        run_id = response.run_id
+        print(f"fedrt run: submitted run {run_id} to {endpoint}", file=out, flush=True)
+        if not follow:
+            return _status(client, run_id)
+        for chunk in client.StreamLogs(StreamLogsRequest(run_id=run_id, after_timestamp=0.0)):
+            out.write(chunk.log_output)
+            out.flush()
+        while (result := _status(client, run_id)).status != "finished":
+            time.sleep(poll_s)
+        return result
+    finally:
+        client.close()
