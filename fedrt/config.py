@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 from hydra import compose as hydra_compose
@@ -21,3 +22,18 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
 
 def to_yaml(config: DictConfig) -> str:
     return OmegaConf.to_yaml(config, resolve=True)
+
+
+def add_override_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Hydra overrides every configured command takes, and ``--show-config`` to print the result."""
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    parser.add_argument("--show-config", action="store_true", help="print the composed config and exit")
+
+
+def composed(args: argparse.Namespace) -> DictConfig | None:
+    """The config of a command's overrides; None when ``--show-config`` printed it and the command is done."""
+    config = compose(args.overrides)
+    if args.show_config:
+        print(to_yaml(config))
+        return None
+    return config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedrt.config import compose
+from fedrt.config import add_override_arguments, composed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Give the same overrides as `fedrt simulate` (task, data.root, num_sites, partition, rounds, "
                     "preset, ...): the baselines use the same patients, loop and budget, and are recorded in "
                     "MLflow under the same scenario for `fedrt compare`.")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    add_override_arguments(parser)
     parser.add_argument("--kind", choices=["centralized", "local", "both"], default="both",
                         help="which baselines to train (default both)")
     parser.set_defaults(run=run)
@@ -23,7 +23,9 @@ def run(args: argparse.Namespace) -> int:
     from client.settings import SITE_METRICS
     from simulation.baselines import KINDS, run_baselines
 
-    config = compose(args.overrides)
+    config = composed(args)
+    if config is None:
+        return 0
     kinds = KINDS if args.kind == "both" else (args.kind,)
     for outcome in run_baselines(config, kinds):
         scores = ", ".join(f"{k}={outcome.validation[k]:.4f}" for k in SITE_METRICS[config.task.name]

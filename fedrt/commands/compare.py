@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from fedrt.config import compose
+from fedrt.config import add_override_arguments, composed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare", help="markdown table of a scenario's federated run(s) and baselines (also logged to MLflow)",
         description="Give the same overrides as `fedrt simulate` and `fedrt baseline`; the newest finished run of "
                     "each model of that scenario is compared on the shared validation cases.")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    add_override_arguments(parser)
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
     parser.set_defaults(run=run)
 
@@ -23,7 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from simulation.compare import compare
 
-    table, run_id = compare(compose(args.overrides))
+    config = composed(args)
+    if config is None:
+        return 0
+    table, run_id = compare(config)
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

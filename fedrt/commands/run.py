@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fedrt.config import compose
+from fedrt.config import add_override_arguments, composed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "They are composed on the SERVER: data.root, tracking.uri and output are server paths "
                     "(relative ones land in the SuperLink's state folder). Each hospital trains on the data of "
                     "its own `fedrt node start --data`.")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    add_override_arguments(parser)
     parser.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address")
     parser.add_argument("--ca", type=Path, help="the federation's ca.crt (from `fedrt certs init`)")
     parser.add_argument("--insecure", action="store_true", help="a local test server without TLS")
@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.insecure and args.ca is None:
         raise ValueError("give --ca CA.crt (the federation's ca.crt from `fedrt certs init`)")
-    compose(args.overrides)  # a bad override fails here, before anything is submitted
+    if composed(args) is None:  # a bad override fails here, before anything is submitted
+        return 0
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         result = submit_run(Endpoint.parse(args.superlink), args.ca, args.overrides, args.insecure,

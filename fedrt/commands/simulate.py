@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedrt.config import compose
+from fedrt.config import add_override_arguments, composed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,19 +13,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Hydra overrides, e.g. preset=smoke task=seg data.root=../shared/data/openkbp num_sites=4 "
                     "rounds=5 partition=skew strategy=fedadam tracking.uri=sqlite:///X.db, or resume=<run id>. "
                     "With no data.root, generated phantoms are used (offline).")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
-    parser.add_argument("--show-config", action="store_true", help="print the composed config and exit")
+    add_override_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from client.settings import SITE_METRICS
-    from fedrt.config import to_yaml
     from simulation.run import simulate
 
-    config = compose(args.overrides)
-    if args.show_config:
-        print(to_yaml(config))
+    config = composed(args)
+    if config is None:
         return 0
     outcome = simulate(config)
     federation = outcome.federation

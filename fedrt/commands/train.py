@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedrt.config import compose
+from fedrt.config import add_override_arguments, composed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,18 +12,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train a dose or segmentation model centrally",
         description="Centralised training. Hydra overrides, e.g. task=seg data.root=../shared/data/openkbp "
                     "preset=smoke train.epochs=5 output=model.pt. With no data.root, generated phantoms are used.")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
-    parser.add_argument("--show-config", action="store_true", help="print the composed config and exit")
+    add_override_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedrt.config import to_yaml
     from models.centralized import run_training
 
-    config = compose(args.overrides)
-    if args.show_config:
-        print(to_yaml(config))
+    config = composed(args)
+    if config is None:
         return 0
     outcome = run_training(config)
     history = ", ".join(f"{v:.4f}" for v in outcome.result.history)
