@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from client.clipping import clipping_when_asked
 from client.settings import SITE_METRICS, SitePlan, decode_plan
 from client.site import SiteData, data_path, load_site, round_seed, site_name
 from models import loop
@@ -47,8 +48,11 @@ def _site(msg: Message, context: Context, site_paths: Mapping[int, str] | None) 
 
 
 def make_client_app(site_paths: Mapping[int, str] | None = None) -> ClientApp:
-    """The ClientApp; ``site_paths`` (partition id -> folder) stands in for ``data-path`` in simulation."""
-    app = ClientApp()
+    """The ClientApp; ``site_paths`` (partition id -> folder) stands in for ``data-path`` in simulation.
+
+    Its one mod clips the site's update when the server runs client-side differential privacy.
+    """
+    app = ClientApp(mods=[clipping_when_asked])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -37,12 +37,13 @@ class RandLateralFlipd(RandomizableTransform, MapTransform):
 
 
 class RandIntensityJitterd(RandomizableTransform, MapTransform):
-    """Scale and shift the CT channel slightly, so the model tolerates scanner calibration differences."""
+    """Scale and shift the CT channels slightly, so the model tolerates scanner calibration differences."""
 
-    def __init__(self, key: str, amount: float, prob: float = 0.5):
+    def __init__(self, key: str, amount: float, channels: Sequence[int] = (0,), prob: float = 0.5):
         RandomizableTransform.__init__(self, prob)
         MapTransform.__init__(self, [key])
         self.amount = amount
+        self.channels = list(channels)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         self.randomize(None)
@@ -50,13 +51,13 @@ class RandIntensityJitterd(RandomizableTransform, MapTransform):
         if self._do_transform and self.amount > 0:
             scale, shift = 1 + self.R.uniform(-self.amount, self.amount), self.R.uniform(-self.amount, self.amount)
             image = out[self.keys[0]].clone()
-            image[0] = image[0] * scale + shift
+            image[self.channels] = image[self.channels] * scale + shift
             out[self.keys[0]] = image
         return out
 
 
 def training_transform(patch: Sequence[int], permutations: Mapping[str, Sequence[int]], flip: bool,
-                       jitter: float, seed: int, classes: int = 0) -> Compose:
+                       jitter: float, seed: int, classes: int = 0, ct_channels: Sequence[int] = (0,)) -> Compose:
     """Crop a patch, then flip and jitter. The crop is centred on foreground two times in three; with
     ``classes`` (segmentation) it is centred on each class equally often, background half as often, so that
     small organs (spinal cord, esophagus) are seen as often as large ones.
@@ -69,7 +70,7 @@ def training_transform(patch: Sequence[int], permutations: Mapping[str, Sequence
         crop = RandCropByPosNegLabeld(keys=list(KEYS), label_key="fg", spatial_size=list(patch), pos=2, neg=1,
                                       num_samples=1, fg_indices_key="fg_idx", bg_indices_key="bg_idx",
                                       allow_smaller=True)
-    transforms = [crop, RandIntensityJitterd("image", jitter)]
+    transforms = [crop, RandIntensityJitterd("image", jitter, ct_channels)]
     if flip:
         transforms.append(RandLateralFlipd(permutations))
     compose = Compose(transforms)

@@ -17,6 +17,7 @@ from protocols.protocol import Protocol
 
 CT_CLIP_HU = (-1000.0, 2000.0)
 CT_SCALE_HU = 1000.0
+SOFT_TISSUE_HU = (-160.0, 240.0)  # a soft-tissue window: parotids, esophagus and larynx differ by tens of HU
 
 
 def ct_channel(ct_hu: np.ndarray) -> np.ndarray:
@@ -36,8 +37,15 @@ def dose_inputs(case: Case, protocol: Protocol) -> np.ndarray:
     return np.stack(channels)
 
 
+def soft_tissue_channel(ct_hu: np.ndarray) -> np.ndarray:
+    """CT in the soft-tissue window scaled to [-1, 1] (air and bone saturate), so organ contrast is not tiny."""
+    low, high = SOFT_TISSUE_HU
+    return ((np.clip(ct_hu, low, high) - (low + high) / 2) / ((high - low) / 2)).astype(np.float32)
+
+
 def seg_inputs(case: Case) -> np.ndarray:
-    return ct_channel(case.ct_hu)[None]
+    """The CT twice: the wide window (bone, air) and the soft-tissue window (organ boundaries)."""
+    return np.stack([ct_channel(case.ct_hu), soft_tissue_channel(case.ct_hu)])
 
 
 def body_mask(case: Case) -> np.ndarray:

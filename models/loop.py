@@ -46,21 +46,23 @@ def _patch_padding(shape: Sequence[int], patch: Sequence[int]) -> list[int]:
     return pads
 
 
-def pad_image(image: torch.Tensor, pads: list[int]) -> torch.Tensor:
-    """Pad channel-first inputs with zeros, and with air (-1) in the CT channel (channel 0)."""
+def pad_image(image: torch.Tensor, pads: list[int], ct_channels: Sequence[int] = (0,)) -> torch.Tensor:
+    """Pad channel-first inputs with zeros, and with air (-1) in the CT channels."""
     padded = F.pad(image, pads)
     if any(pads):
-        padded[0] = F.pad(image[0] + 1.0, pads) - 1.0
+        for c in ct_channels:
+            padded[c] = F.pad(image[c] + 1.0, pads) - 1.0
     return padded
 
 
-def _padded(prep: Prepared, patch: Sequence[int]) -> dict[str, torch.Tensor | np.ndarray]:
+def _padded(prep: Prepared, patch: Sequence[int], ct_channels: Sequence[int]) -> dict[str, torch.Tensor | np.ndarray]:
     """Tensors of one case padded up to the patch size, with crop-sampler indices.
 
     Inference pads the same way (``predict``): instance normalisation sees the same context as in training.
     """
     pads = _patch_padding(prep.image.shape[1:], patch)
-    item = {"image": pad_image(prep.image, pads), "target": F.pad(prep.target, pads), "mask": F.pad(prep.mask, pads)}
+    item = {"image": pad_image(prep.image, pads, ct_channels), "target": F.pad(prep.target, pads),
+            "mask": F.pad(prep.mask, pads)}
     if prep.target.shape[0] == 1:
         item["fg"] = item["mask"]
         item["fg_idx"], item["bg_idx"] = foreground_indices(item["mask"])
@@ -93,10 +95,10 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     patch = task.model_config.patch
-    items = [_padded(p, patch) for p in prepared]
+    items = [_padded(p, patch, task.ct_channels) for p in prepared]
     classes = task.out_channels if task.name == "seg" else 0
     transform = training_transform(patch, task.permutations(), config.flip, config.intensity_jitter, config.seed,
-                                   classes)
+                                   classes, task.ct_channels)
     steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(items) / config.batch_size))
     total = config.epochs * steps_per_epoch
     budget_s = config.max_minutes * 60 if config.max_minutes else None
@@ -149,8 +151,8 @@ def predict(network: nn.Module, task: Task, case: Case):
     pads = _patch_padding(shape, task.model_config.patch)
     was_training = network.training
     network.eval()
-    output = sliding_window_inference(pad_image(image, pads)[None], list(task.model_config.patch), sw_batch_size=2,
-                                      predictor=network, overlap=0.25, mode="gaussian")[0]
+    output = sliding_window_inference(pad_image(image, pads, task.ct_channels)[None], list(task.model_config.patch),
+                                      sw_batch_size=2, predictor=network, overlap=0.25, mode="gaussian")[0]
     network.train(was_training)
     (l2, _, l1, _, l0, _) = pads
     output = output[:, l0:l0 + shape[0], l1:l1 + shape[1], l2:l2 + shape[2]]

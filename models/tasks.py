@@ -44,6 +44,7 @@ class Task(ABC):
     name: ClassVar[str]
     primary_metric: ClassVar[str]
     higher_is_better: ClassVar[bool]
+    ct_channels: ClassVar[tuple[int, ...]] = (0,)  # input channels holding CT: padded with air, jittered
 
     def __init__(self, protocol: Protocol, model: ModelConfig):
         self.protocol = protocol
@@ -153,6 +154,7 @@ class SegTask(Task):
     primary_metric = "dice_mean"
     higher_is_better = True
     threshold = 0.5
+    ct_channels = (0, 1)
 
     def __init__(self, protocol: Protocol, model: ModelConfig):
         super().__init__(protocol, model)
@@ -160,7 +162,7 @@ class SegTask(Task):
 
     @property
     def in_channels(self) -> int:
-        return 1
+        return len(self.ct_channels)
 
     @property
     def out_channels(self) -> int:
@@ -178,7 +180,8 @@ class SegTask(Task):
         return Prepared(case.patient_id, encoding.to_working(self.inputs(case), crop), target, fg, labelled, crop)
 
     def permutations(self) -> dict[str, list[int]]:
-        return {"image": [0], "target": encoding.oar_channel_permutation(self.protocol), "mask": [0]}
+        return {"image": list(self.ct_channels), "target": encoding.oar_channel_permutation(self.protocol),
+                "mask": [0]}
 
     def loss(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Dice over the organs present in each patch (an absent organ's Dice only teaches "predict nothing",

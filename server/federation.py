@@ -30,6 +30,7 @@ from protocols.protocol import Protocol
 from server.data import load_cases, patient_folders
 from server.rounds import RoundReport, run_rounds
 from server.strategies import ScreenedStrategy, build_strategy
+from server.strategies.privacy import PrivateStrategy, with_privacy
 from server.tracking import CHECKPOINT_FILE, Tracker, model_name
 
 log = logging.getLogger(__name__)
@@ -112,12 +113,12 @@ def server_evaluator(task: Task, cases: list[Case], every: int,
     return evaluate
 
 
-def _optimizer_state_tensors(strategy: ScreenedStrategy) -> dict[str, dict[str, torch.Tensor]]:
+def _optimizer_state_tensors(strategy: ScreenedStrategy | PrivateStrategy) -> dict[str, dict[str, torch.Tensor]]:
     return {name: {k: torch.from_numpy(v.copy()) for k, v in moments.items()}
             for name, moments in strategy.optimizer_state().items()}
 
 
-def _resume_point(tracker: Tracker, task: Task, strategy: ScreenedStrategy,
+def _resume_point(tracker: Tracker, task: Task, strategy: ScreenedStrategy | PrivateStrategy,
                   workdir: Path) -> tuple[int, ArrayRecord | None]:
     """The round to start from and the global arrays to start with (None: a fresh model)."""
     found = tracker.latest_checkpoint(workdir)
@@ -127,6 +128,11 @@ def _resume_point(tracker: Tracker, task: Task, strategy: ScreenedStrategy,
     checkpoint = load_checkpoint(path)
     state = checkpoint.metadata.get("optimizer_state", {})
     strategy.load_optimizer_state({n: {k: t.numpy() for k, t in m.items()} for n, m in state.items()})
+    if isinstance(strategy, PrivateStrategy):
+        if "privacy_state" not in checkpoint.metadata:
+            raise ValueError(f"run {tracker.run_id} was started without differential privacy; it cannot be resumed "
+                             "with privacy.clipping set")
+        strategy.load_privacy_state(checkpoint.metadata["privacy_state"])
     log.info("resuming run %s after round %d", tracker.run_id, last)
     return last + 1, ArrayRecord(checkpoint.network.state_dict())
 
@@ -140,8 +146,9 @@ def run_federation(grid: Grid, config: DictConfig, tracker: Tracker) -> Federati
     torch.manual_seed(config.seed)
     network = task.build_network()
     available, train_nodes, evaluate_nodes = node_counts(config)
-    strategy = build_strategy(OmegaConf.to_container(config.strategy, resolve=True), available, train_nodes,
-                              evaluate_nodes, float(config.federation.fraction_evaluate))
+    strategy = with_privacy(build_strategy(OmegaConf.to_container(config.strategy, resolve=True), available,
+                                           train_nodes, evaluate_nodes, float(config.federation.fraction_evaluate)),
+                            OmegaConf.to_container(config.privacy, resolve=True), int(config.num_sites))
     rounds = int(config.rounds)
     plan = ConfigRecord({PLAN_KEY: site_plan(config, task)})
     evaluate_fn = None
@@ -163,9 +170,11 @@ def run_federation(grid: Grid, config: DictConfig, tracker: Tracker) -> Federati
             reports.append(report)
             tracker.log_round(report)
             set_weights(network, global_arrays.to_numpy_ndarrays())
+            privacy = {"privacy_state": strategy.privacy_state()} if isinstance(strategy, PrivateStrategy) else {}
             path = save_checkpoint(workdir / CHECKPOINT_FILE, task, network, {
                 **metadata, "round": report.server_round, "strategy": config.strategy.name,
-                "optimizer_state": _optimizer_state_tensors(strategy), "validation": report.server_metrics})
+                "optimizer_state": _optimizer_state_tensors(strategy), "validation": report.server_metrics,
+                **privacy})
             tracker.log_checkpoint(path, report.server_round)
 
         arrays = run_rounds(strategy, grid, arrays, first_round, rounds, plan, ConfigRecord(dict(plan)),

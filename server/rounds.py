@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from server.strategies import ScreenedStrategy
+from server.strategies.privacy import PrivateStrategy
 from server.validation import Screened, site_name
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class RoundReport:
     site_train: dict[str, dict[str, float]] = field(default_factory=dict)
     site_evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    privacy: dict[str, float] = field(default_factory=dict)
 
     @property
     def slowest_site_train_s(self) -> float:
@@ -81,8 +83,9 @@ def _exchange(grid: Grid, messages: list[Message], timeout_s: float, report: Rou
     return replies
 
 
-def run_rounds(strategy: ScreenedStrategy, grid: Grid, arrays: ArrayRecord, first_round: int, last_round: int,
-               train_config: ConfigRecord, evaluate_config: ConfigRecord, timeout_s: float, node_wait_s: float,
+def run_rounds(strategy: ScreenedStrategy | PrivateStrategy, grid: Grid, arrays: ArrayRecord, first_round: int,
+               last_round: int, train_config: ConfigRecord, evaluate_config: ConfigRecord, timeout_s: float,
+               node_wait_s: float,
                evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
                on_round: Callable[[RoundReport, ArrayRecord], None] | None = None) -> ArrayRecord:
     """Run rounds ``first_round..last_round`` from ``arrays``; returns the final global arrays."""
@@ -102,6 +105,7 @@ def run_rounds(strategy: ScreenedStrategy, grid: Grid, arrays: ArrayRecord, firs
         report.train_metrics = _scalars(train_metrics)
         report.site_train = _site_metrics(strategy.screened.get("train"))
         report.rejected = {f"train/{k}": v for k, v in strategy.screened["train"].rejected.items()}
+        report.privacy = strategy.privacy_metrics()
 
         messages = list(strategy.configure_evaluate(server_round, arrays, evaluate_config, grid))
         replies = _exchange(grid, messages, timeout_s, report)

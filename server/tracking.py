@@ -118,6 +118,7 @@ class Tracker:
             metrics |= {f"site/{site}/train/{k}": v for k, v in values.items()}
         for site, values in report.site_evaluate.items():
             metrics |= {f"site/{site}/local_val/{k}": v for k, v in values.items()}
+        metrics |= report.privacy
         overhead_s = max(report.train_phase_s - report.slowest_site_train_s, 0.0)
         metrics |= {
             "round/seconds": report.seconds,

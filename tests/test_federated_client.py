@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import make_client_app
@@ -65,6 +67,47 @@ def test_train_replies_with_weights_scalar_metrics_and_a_pseudonym_only(hospital
     again = make_client_app()(instruction(MessageType.TRAIN, global_model, plan), node)
     for key in got:  # the same round at the same site trains identically
         np.testing.assert_array_equal(again.content["arrays"][key].numpy(), got[key].numpy())
+
+
+def wire_bytes(message: Message) -> bytes:
+    """Every object Flower serialises to send this message (the message, its records, their arrays)."""
+    return b"".join(obj.deflate() for obj in get_all_nested_objects(message).values())
+
+
+@pytest.mark.parametrize("kind", [MessageType.TRAIN, MessageType.EVALUATE])
+def test_what_a_node_sends_is_weights_scalar_metrics_and_its_pseudonym_only(hospital, kind):
+    path, plan, global_model = hospital
+    reply = make_client_app()(instruction(kind, global_model, plan),
+                              context({"data-path": str(path), "site-name": "hospital-a"}))
+    wire = wire_bytes(reply)
+    files = [f for f in path.rglob("*") if f.is_file() or f.is_symlink()]
+    patients = {f.parent.name for f in files}
+    assert patients and files
+    for secret in {str(path), path.name, *patients, *(f.name for f in files), *(f.stem for f in files)}:
+        assert secret.encode() not in wire, f"{secret!r} left the node"
+    array_bytes = sum(record.count_bytes() for record in reply.content.array_records.values())
+    arrays = sum(len(record) for record in reply.content.array_records.values())
+    # beyond the weights: per array its dtype, shape, chunk and object ids; then metric names, values, pseudonym
+    assert len(wire) - array_bytes < 400 * arrays + 1024
+    for record in reply.content.array_records.values():
+        assert [(k, tuple(a.shape)) for k, a in record.items()] == [(k, tuple(a.shape)) for k, a in
+                                                                    global_model.items()]
+    (metrics,) = reply.content.metric_records.values()
+    assert all(isinstance(v, int | float) for v in metrics.values())
+
+
+def test_the_site_clips_its_update_when_the_server_runs_client_side_privacy(hospital):
+    path, plan, global_model = hospital
+    message = instruction(MessageType.TRAIN, global_model, plan)
+    message.content["config"][KEY_CLIPPING_NORM] = 0.05
+    reply = make_client_app()(message, context({"data-path": str(path)}))
+    assert not reply.has_error()
+    sent, got = global_model, reply.content["arrays"]
+    norm = np.sqrt(sum(float(((got[k].numpy() - sent[k].numpy()) ** 2).sum()) for k in sent))
+    unclipped = make_client_app()(instruction(MessageType.TRAIN, global_model, plan),
+                                  context({"data-path": str(path)})).content["arrays"]
+    assert np.sqrt(sum(float(((unclipped[k].numpy() - sent[k].numpy()) ** 2).sum()) for k in sent)) > 0.5
+    assert norm == pytest.approx(0.05, rel=1e-3)
 
 
 def test_evaluate_reports_the_tasks_site_metrics_on_local_validation_cases(hospital):

@@ -114,3 +114,14 @@ def test_a_resumed_fedadam_run_ends_with_the_weights_of_an_uninterrupted_one(uri
     assert resumed.checkpoint != uninterrupted.checkpoint
     for key, value in expected.items():
         assert torch.equal(got[key], value), key
+
+
+def test_a_private_run_records_the_privacy_budget_spent_per_round(uri, workdir):
+    outcome = simulate(compose([*TINY, "rounds=2", "privacy.clipping=client", "privacy.noise_multiplier=0.5",
+                                f"tracking.uri={uri}", f"output={workdir / 'private.pt'}"])).federation
+    client = MlflowClient(tracking_uri=uri)
+    epsilon = client.get_metric_history(outcome.run_id, "privacy/epsilon")
+    assert [m.step for m in epsilon] == [1, 2] and 0 < epsilon[0].value < epsilon[1].value
+    assert client.get_run(outcome.run_id).data.params["privacy.clipping"] == "client"
+    noise = client.get_metric_history(outcome.run_id, "privacy/noise_std")
+    assert [m.value for m in noise] == pytest.approx([0.5 * 10.0 / 2] * 2)  # noise x clipping norm / 2 sites

@@ -55,6 +55,10 @@ class ScreenedStrategy:
         """Server optimiser state to checkpoint; none for strategies that only average."""
         return {}
 
+    def privacy_metrics(self) -> dict[str, float]:
+        """Privacy budget spent so far; none without differential privacy (``server.strategies.privacy``)."""
+        return {}
+
     def load_optimizer_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
         """Restore a checkpointed optimiser state; a state this strategy cannot hold is an error."""
         if state:
