@@ -168,6 +168,26 @@ class Deployment:
         for proc in reversed(self.started):
             stop_process(proc)
 
+    def kill_superlink(self) -> None:
+        """Kill the SuperLink and the ServerApp it runs at once (SIGKILL by PID: the server machine crashed)."""
+        proc = self.started[0]
+        for pid in [proc.pid, *(pid for pid, _ in descendants(proc.pid))]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+    def restart_superlink(self) -> None:
+        """Start the SuperLink again on the same port and state folder; wait until every site is back online."""
+        self.started[0] = start_superlink(self.settings)
+        wait_until_listening(self.started[0], "127.0.0.1", self.settings.port,
+                             self.settings.state_dir / "superlink.console.log")
+        with SuperLinkControl(self.endpoint, self.certs.ca_cert) as control:
+            deadline = time.monotonic() + 120
+            while sum(n.status == "online" for n in control.nodes()) < len(self.sites):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the SuperNodes did not reconnect; see {self.tmp_path}/*.log")
+                time.sleep(0.5)
+
     def kill_node(self, name: str) -> None:
         """Kill site ``name``'s SuperNode and the apps it started at once (SIGKILL by PID: a crash, no goodbye)."""
         proc = self.nodes[name]

@@ -1,11 +1,13 @@
 """Faults in a real deployment on 127.0.0.1 (TLS, node authentication, 2 SuperNodes, ``fedrt run``): a node
-killed mid-run does not stop the run when ``federation.min_*_nodes`` allow the nodes that remain.
+killed mid-run does not stop the run when ``federation.min_*_nodes`` allow the nodes that remain; a server
+killed mid-run and restarted resumes the run from its last round checkpoint with ``resume=<MLflow run id>``.
 Every process is started and stopped here, by PID.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from deploy_fixtures import Deployment, fedrt_run, link_site, smoke_overrides, two_sites
@@ -40,3 +42,55 @@ def test_run_completes_with_the_remaining_node_when_one_is_killed_mid_round(tmp_
     assert [m.step for m in client.get_metric_history(run.info.run_id, "site/site-a/train/num-examples")] == [1, 2]
     assert 2 not in [m.step for m in client.get_metric_history(run.info.run_id, "site/site-b/train/num-examples")]
     assert (tmp_path / "federated.pt").is_file()
+
+
+def wait_for_checkpoint(client: MlflowClient, timeout_s: float) -> str:
+    """The id of the MLflow run once it holds its first round checkpoint."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        experiment = client.get_experiment_by_name("fedrt")
+        for run in client.search_runs([experiment.experiment_id]) if experiment else []:
+            if client.list_artifacts(run.info.run_id, "checkpoints"):
+                return run.info.run_id
+        time.sleep(0.5)
+    raise TimeoutError(f"no round checkpoint within {timeout_s:g} s")
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_run_and_restarted_resumes_from_its_last_round_checkpoint(tmp_path, openkbp_root,
+                                                                                        capsys):
+    server_data = link_site(tmp_path / "server-data", openkbp_root, ["pt_5"], ["pt_203"])
+    overrides = smoke_overrides(tmp_path, server_data, rounds=3)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with Deployment(tmp_path, two_sites(tmp_path, openkbp_root)) as deployment:
+        flags = ["--superlink", str(deployment.endpoint), "--ca", str(deployment.certs.ca_cert)]
+        first: list[BaseException | int] = []
+
+        def submit() -> None:
+            try:
+                first.append(fedrt_run([*overrides, *flags]))
+            except BaseException as exc:  # the follower loses its server: that is the point
+                first.append(exc)
+
+        submitted = threading.Thread(target=submit)
+        submitted.start()
+        try:
+            run_id = wait_for_checkpoint(client, timeout_s=300)
+            deployment.kill_superlink()
+        finally:
+            submitted.join(timeout=120)
+        assert not submitted.is_alive() and first and first[0] != 0
+        assert client.get_run(run_id).info.status != "FINISHED"
+        done = [int(a.path.rsplit("-", 1)[1]) for a in client.list_artifacts(run_id, "checkpoints")]
+        assert done and max(done) < 3
+
+        deployment.restart_superlink()
+        capsys.readouterr()
+        code = fedrt_run([f"resume={run_id}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *flags])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert f"finished rounds {max(done) + 1}..3; MLflow run {run_id}" in out
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert sorted({m.step for m in client.get_metric_history(run_id, "train/train_loss")}) == [1, 2, 3]
+    assert len(client.list_artifacts(run_id, "checkpoints")) == 3

@@ -1,0 +1,143 @@
+"""Benchmark (issue 5): per-round framework overhead of a real deployment on 127.0.0.1 (SuperLink with TLS and
+node authentication, 2 SuperNodes, ``fedrt run``) against Flower's simulation engine for the same run (same
+network, patients per site, rounds and seeds), and the memory of an idle and of a training node.
+
+Overhead per round = training-phase wall time minus the slowest site's training time (MLflow ``round/*``),
+median over rounds 2.. (round 1 also starts the apps and loads each site's data). Node memory = summed RSS of
+the SuperNode's process tree (SuperNode + the ClientApp process it starts), sampled every 0.2 s.
+
+    python benchmarks/bench_deployment.py --out bench-deployment [overrides...]
+
+It reuses the integration tests' loopback deployment (``tests/deploy_fixtures.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "openkbp"
+sys.path.insert(0, str(REPO / "tests"))
+
+from deploy_fixtures import Deployment, fedrt_run, link_site  # noqa: E402
+
+from client.processes import descendants  # noqa: E402
+
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+SITES = {"site-a": (["pt_1", "pt_2", "pt_3", "pt_4"], ["pt_201"]), "site-b": (["pt_5", "pt_6", "pt_7", "pt_8"],
+                                                                            ["pt_202"])}
+# The benchmark network (cpu60: native grid, 96^3 patches, 16-32-64-128) for a few steps per round.
+RUN = ["preset=cpu60", "num_sites=2", "rounds=4", "federation.local_epochs=1", "train.steps_per_epoch=8",
+       "train.max_minutes=null", "train.threads=1", "data.max_val_cases=1", "federation.server_eval_every=4"]
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of ``pid`` and its descendants, MiB."""
+    total = 0
+    for p in [pid, *(child for child, _ in descendants(pid))]:
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE_KIB
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1024
+
+
+def overhead(uri: str, run_id: str) -> dict:
+    """Median framework overhead over rounds 2.. from the run's MLflow round metrics."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+
+    def history(key: str) -> dict[int, float]:
+        return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+    phase, slowest = history("round/train_phase_s"), history("round/slowest_site_train_s")
+    rounds = sorted(r for r in phase if r > 1)
+    seconds = [phase[r] - slowest[r] for r in rounds]
+    return {"rounds": rounds, "train_phase_s": [phase[r] for r in rounds], "overhead_s": seconds,
+            "overhead_s_median": statistics.median(seconds),
+            "overhead_fraction_median": statistics.median((phase[r] - slowest[r]) / phase[r] for r in rounds)}
+
+
+def latest_run(uri: str) -> str:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    (run, *_) = client.search_runs([client.get_experiment_by_name("fedrt").experiment_id],
+                                   order_by=["attributes.start_time DESC"])
+    return run.info.run_id
+
+
+def deployed(out: Path, overrides: list[str]) -> dict:
+    """The run on a loopback deployment, with node memory sampled while idle and while training."""
+    out.mkdir(parents=True, exist_ok=True)
+    sites = {name: link_site(out / name, DATA, train, val) for name, (train, val) in SITES.items()}
+    server_data = link_site(out / "server-data", DATA, ["pt_9"], ["pt_203"])
+    uri = f"sqlite:///{out / 'deployment.db'}"
+    with Deployment(out, sites) as deployment:
+        nodes = {name: proc.pid for name, proc in deployment.nodes.items()}
+        time.sleep(3)
+        idle = {name: tree_rss_mib(pid) for name, pid in nodes.items()}
+        peak = dict.fromkeys(nodes, 0.0)
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.2):
+                for name, pid in nodes.items():
+                    peak[name] = max(peak[name], tree_rss_mib(pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        start = time.perf_counter()
+        code = fedrt_run([*RUN, f"data.root={server_data}", f"tracking.uri={uri}", f"output={out / 'deployed.pt'}",
+                          *overrides, "--superlink", str(deployment.endpoint), "--ca", str(deployment.certs.ca_cert)])
+        wall = time.perf_counter() - start
+        done.set()
+        sampler.join()
+    if code:
+        raise SystemExit(f"fedrt run failed ({code}); see {out}")
+    return {"wall_s": wall, "node_idle_mib": idle, "node_training_peak_mib": peak,
+            **overhead(uri, latest_run(uri))}
+
+
+def simulated(out: Path, overrides: list[str]) -> dict:
+    """The same run through Flower's simulation engine (Ray), the same patients per virtual hospital."""
+    from fedrt.config import compose
+    from simulation.run import simulate
+
+    uri = f"sqlite:///{out / 'simulation.db'}"
+    train = "[" + ",".join("[" + ",".join(t) + "]" for t, _ in SITES.values()) + "]"
+    val = "[" + ",".join("[" + ",".join(v) + "]" for _, v in SITES.values()) + "]"
+    start = time.perf_counter()
+    outcome = simulate(compose([*RUN, f"data.root={DATA}", "partition=sites", f"partition.train={train}",
+                                f"partition.val={val}", f"tracking.uri={uri}", f"output={out / 'simulated.pt'}",
+                                f"simulation.sites_dir={out / 'sim-sites'}", *overrides]))
+    return {"wall_s": time.perf_counter() - start, **overhead(uri, outcome.federation.run_id)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both runs")
+    args = parser.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.chdir(out)
+    result = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
+              "date": time.strftime("%Y-%m-%d"), "run": [*RUN, *args.overrides],
+              "deployment": deployed(out / "deployment", args.overrides),
+              "simulation": simulated(out / "simulation", args.overrides)}
+    (out / "deployment.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
