@@ -32,7 +32,7 @@ from deploy_fixtures import Deployment, fedrt_run, link_site  # noqa: E402
 from client.processes import descendants  # noqa: E402
 
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-SITES = {"site-a": (["pt_1", "pt_2", "pt_3", "pt_4"], ["pt_201"]), "site-b": (["pt_5", "pt_6", "pt_7", "pt_8"],
+SITES = {"site-a": (["pt_1", "pt_2", "pt_3", "pt_4"], ["pt_201"]), "site-b": (["pt_5", "pt_6", "pt_7", "pt_9"],
                                                                             ["pt_202"])}
 # The benchmark network (cpu60: native grid, 96^3 patches, 16-32-64-128) for a few steps per round.
 RUN = ["preset=cpu60", "num_sites=2", "rounds=4", "federation.local_epochs=1", "train.steps_per_epoch=8",
@@ -80,7 +80,7 @@ def deployed(out: Path, overrides: list[str]) -> dict:
     """The run on a loopback deployment, with node memory sampled while idle and while training."""
     out.mkdir(parents=True, exist_ok=True)
     sites = {name: link_site(out / name, DATA, train, val) for name, (train, val) in SITES.items()}
-    server_data = link_site(out / "server-data", DATA, ["pt_9"], ["pt_203"])
+    server_data = link_site(out / "server-data", DATA, ["pt_10"], ["pt_203"])
     uri = f"sqlite:///{out / 'deployment.db'}"
     with Deployment(out, sites) as deployment:
         nodes = {name: proc.pid for name, proc in deployment.nodes.items()}
@@ -109,7 +109,9 @@ def deployed(out: Path, overrides: list[str]) -> dict:
 
 
 def simulated(out: Path, overrides: list[str]) -> dict:
-    """The same run through Flower's simulation engine (Ray), the same patients per virtual hospital."""
+    """The same run through Flower's simulation engine (Ray), the same patients per virtual hospital (the
+    server validates on the sites' two validation patients, which only the rounds' evaluation phase sees).
+    """
     from fedrt.config import compose
     from simulation.run import simulate
 
@@ -118,7 +120,8 @@ def simulated(out: Path, overrides: list[str]) -> dict:
     val = "[" + ",".join("[" + ",".join(v) + "]" for _, v in SITES.values()) + "]"
     start = time.perf_counter()
     outcome = simulate(compose([*RUN, f"data.root={DATA}", "partition=sites", f"partition.train={train}",
-                                f"partition.val={val}", f"tracking.uri={uri}", f"output={out / 'simulated.pt'}",
+                                f"partition.val={val}", "data.max_val_cases=2", f"tracking.uri={uri}",
+                                f"output={out / 'simulated.pt'}",
                                 f"simulation.sites_dir={out / 'sim-sites'}", *overrides]))
     return {"wall_s": time.perf_counter() - start, **overhead(uri, outcome.federation.run_id)}
 
@@ -132,10 +135,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     os.chdir(out)
     result = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
-              "date": time.strftime("%Y-%m-%d"), "run": [*RUN, *args.overrides],
-              "deployment": deployed(out / "deployment", args.overrides),
-              "simulation": simulated(out / "simulation", args.overrides)}
-    (out / "deployment.json").write_text(json.dumps(result, indent=2))
+              "date": time.strftime("%Y-%m-%d"), "run": [*RUN, *args.overrides]}
+    for name, measure in (("deployment", deployed), ("simulation", simulated)):
+        result[name] = measure(out / name, args.overrides)
+        (out / "deployment.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 
