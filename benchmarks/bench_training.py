@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -22,12 +22,17 @@ DATA = REPO.parent / "shared" / "data" / "openkbp"
 
 
 def run(cmd: list[str]) -> tuple[str, float, float]:
-    """Run one fedrt process; returns its stdout, wall seconds and peak RSS in MiB."""
+    """Run one fedrt process; returns its stdout, wall seconds and its own peak RSS in MiB (``wait4`` reports
+    that child's usage alone, where RUSAGE_CHILDREN would keep the largest of all earlier children).
+    """
     start = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return proc.stdout, time.perf_counter() - start, max(peak, before) / 1024
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, out)
+    return out, time.perf_counter() - start, usage.ru_maxrss / 1024
 
 
 def seg_scores(model: Path) -> dict:
