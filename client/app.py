@@ -62,7 +62,8 @@ def make_client_app(site_paths: Mapping[int, str] | None = None) -> ClientApp:
             return _reply(msg, context, {"num-examples": 0}, ArrayRecord(network.state_dict()))
         config = msg.content["config"]
         seed = round_seed(plan.train.seed, int(config["server-round"]), site_name(context))
-        settings = dataclasses.replace(plan.train, seed=seed, proximal_mu=float(config.get("proximal-mu", 0.0)))
+        settings = dataclasses.replace(plan.round_settings(int(config["server-round"])), seed=seed,
+                                       proximal_mu=float(config.get("proximal-mu", 0.0)))
         result = loop.train(network, plan.task, data.train, settings, progress=False, label=site_name(context))
         metrics = {"num-examples": result.num_examples, "train_loss": result.loss,
                    "train_seconds": result.seconds, "train_steps": result.steps}

@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord
 
 from models.checkpoint import protocol_to_dict
 from models.config import ModelConfig, TrainConfig, from_mapping
+from models.loop import learning_rate
 from models.tasks import Task, make_task
 from protocols.protocol import Protocol, protocol_from_dict
 
@@ -23,7 +24,9 @@ SITE_METRICS = {"dose": ("dose_score", "dvh_score"), "seg": ("dice_mean",)}
 
 @dataclass(frozen=True)
 class SitePlan:
-    """How a site trains and evaluates this run; ``train.epochs`` is the local epochs of one round."""
+    """How a site trains and evaluates this run; ``train.epochs`` is the local epochs of one round, and
+    ``train.schedule`` runs over the run's ``rounds`` (see ``round_settings``).
+    """
 
     task: Task
     train: TrainConfig
@@ -31,7 +34,16 @@ class SitePlan:
     train_split: str
     val_split: str
     val_fraction: float
+    rounds: int
     encoded: str
+
+    def round_settings(self, server_round: int) -> TrainConfig:
+        """The loop settings of one round: the learning rate the run's schedule gives that round, held constant
+        through the round. A schedule restarted in every round would spend the end of each round at almost no
+        learning rate, which leaves the averaged model far behind centralised training of the same epochs.
+        """
+        progress = min(max(server_round - 1, 0) / max(self.rounds, 1), 1.0)
+        return dataclasses.replace(self.train, lr=learning_rate(self.train, progress), schedule="constant")
 
     @property
     def data_key(self) -> str:
@@ -41,7 +53,7 @@ class SitePlan:
 
 
 def encode_plan(task_name: str, protocol: Protocol, model: ModelConfig, train: TrainConfig, policy: str,
-                data: dict[str, Any]) -> str:
+                data: dict[str, Any], rounds: int) -> str:
     """The plan as JSON. ``protocol`` is the one the sites' data is read with (its grid included)."""
     return json.dumps({
         "task": task_name,
@@ -49,6 +61,7 @@ def encode_plan(task_name: str, protocol: Protocol, model: ModelConfig, train: T
         "model": dataclasses.asdict(model),
         "train": {k: v for k, v in dataclasses.asdict(train).items() if k != "extra"},
         "policy": policy,
+        "rounds": int(rounds),
         "split": {"train_split": data.get("train_split", "train-pats"),
                   "val_split": data.get("val_split", "validation-pats"),
                   "val_fraction": float(data.get("val_fraction", 0.2))},
@@ -65,4 +78,4 @@ def decode_plan(config: ConfigRecord) -> SitePlan:
     task = make_task(plan["task"], protocol, from_mapping(ModelConfig, plan["model"]))
     split = plan["split"]
     return SitePlan(task, from_mapping(TrainConfig, plan["train"]), plan["policy"], split["train_split"],
-                    split["val_split"], float(split["val_fraction"]), encoded)
+                    split["val_split"], float(split["val_fraction"]), int(plan.get("rounds", 1)), encoded)

@@ -72,7 +72,8 @@ def _padded(prep: Prepared, patch: Sequence[int], ct_channels: Sequence[int]) ->
     return item
 
 
-def _learning_rate(config: TrainConfig, progress: float) -> float:
+def learning_rate(config: TrainConfig, progress: float) -> float:
+    """The learning rate at ``progress`` (0..1) through the training budget under ``config.schedule``."""
     if config.schedule == "constant":
         return config.lr
     if config.schedule == "cosine":
@@ -118,7 +119,7 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
             if budget_s and elapsed >= budget_s:
                 break
             for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(config, fraction)
+                group["lr"] = learning_rate(config, fraction)
             picks = order[step * config.batch_size:(step + 1) * config.batch_size]
             samples = [transform(items[i])[0] for i in picks]
             batch = {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in ("image", "target", "mask")}

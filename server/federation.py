@@ -86,10 +86,12 @@ def data_protocol(config: DictConfig, protocol: Protocol) -> Protocol:
 
 
 def site_plan(config: DictConfig, task: Task) -> str:
-    """The training plan sent to the sites: one round of ``federation.local_epochs`` epochs of the loop."""
+    """The training plan sent to the sites: one round of ``federation.local_epochs`` epochs of the loop, the
+    learning-rate schedule spread over the run's rounds.
+    """
     local = dataclasses.replace(train_config(config), epochs=int(config.federation.local_epochs))
     return encode_plan(task.name, data_protocol(config, task.protocol), task.model_config, local, config.policy,
-                       OmegaConf.to_container(config.data, resolve=True))
+                       OmegaConf.to_container(config.data, resolve=True), int(config.rounds))
 
 
 def node_counts(config: DictConfig) -> tuple[int, int, int]:

@@ -12,7 +12,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import make_client_app
-from client.settings import PLAN_KEY
+from client.settings import PLAN_KEY, decode_plan
 from client.site import data_path, round_seed, site_name
 from fedrt.config import compose
 from models.centralized import task_from_config
@@ -129,3 +129,13 @@ def test_site_names_and_seeds_are_stable_pseudonyms():
     assert site_name(context({})).startswith("node-") and "42" not in site_name(context({}))
     assert round_seed(0, 2, "site-1") == round_seed(0, 2, "site-1")
     assert len({round_seed(0, r, s) for r in (1, 2) for s in ("site-0", "site-1")}) == 4
+
+
+def test_the_learning_rate_schedule_runs_over_the_rounds_and_is_constant_within_one():
+    config = compose([*OVERRIDES, "rounds=4", "train.lr=0.01"])
+    plan = decode_plan(ConfigRecord({PLAN_KEY: site_plan(config, task_from_config(config))}))
+    rates = [plan.round_settings(r).lr for r in (1, 2, 3, 4)]
+    # cosine from 0.01 to 2% of it over the run: rounds start at progress 0, 1/4, 1/2, 3/4
+    assert rates == pytest.approx([0.01 * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * p))) for p in (0, .25, .5, .75)])
+    assert {plan.round_settings(r).schedule for r in (1, 4)} == {"constant"}
+    assert plan.round_settings(1).epochs == config.federation.local_epochs
