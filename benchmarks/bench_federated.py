@@ -122,7 +122,7 @@ def scenario(task: str, out: Path, fedrt: list[str], common: list[str]) -> dict:
 
 def memory_16(out: Path, fedrt: list[str], common: list[str], smoke: bool) -> dict:
     """Peak memory of one round with 16 virtual hospitals (iid over the training patients)."""
-    args = ["task=dose", "num_sites=16", "partition=iid", "rounds=1", *common]
+    args = [*common, "task=dose", "num_sites=16", "partition=iid", "rounds=1"]  # last: wins over ``common``
     if smoke:
         args.append("data.max_cases=16")
     _, seconds, peak_mib = run([*fedrt, "simulate", *args, f"output={out / 'dose-16-sites.pt'}"],
