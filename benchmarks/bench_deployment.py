@@ -3,7 +3,8 @@ node authentication, 2 SuperNodes, ``fedrt run``) against Flower's simulation en
 network, patients per site, rounds and seeds), and the memory of an idle and of a training node.
 
 Overhead per round = training-phase wall time minus the slowest site's training time (MLflow ``round/*``),
-median over rounds 2.. (round 1 also starts the apps and loads each site's data). Node memory = summed RSS of
+median over rounds 2.. (round 1 also starts the apps and loads each site's data), read by ``bench_federated``'s
+``overhead``. Node memory = summed RSS of
 the SuperNode's process tree (SuperNode + the ClientApp process it starts), sampled every 0.2 s.
 
     python benchmarks/bench_deployment.py --out bench-deployment [overrides...]
@@ -17,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import threading
 import time
@@ -27,11 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "openkbp"
 sys.path.insert(0, str(REPO / "tests"))
 
+from bench_federated import overhead, tree_rss_kib  # noqa: E402
 from deploy_fixtures import Deployment, fedrt_run, link_site  # noqa: E402
 
-from client.processes import descendants  # noqa: E402
-
-PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 SITES = {"site-a": (["pt_1", "pt_2", "pt_3", "pt_4"], ["pt_201"]), "site-b": (["pt_5", "pt_6", "pt_7", "pt_9"],
                                                                             ["pt_202"])}
 # The benchmark network (cpu60: native grid, 96^3 patches, 16-32-64-128) for a few steps per round.
@@ -41,30 +39,7 @@ RUN = ["preset=cpu60", "num_sites=2", "rounds=4", "federation.local_epochs=1", "
 
 def tree_rss_mib(pid: int) -> float:
     """Resident memory of ``pid`` and its descendants, MiB."""
-    total = 0
-    for p in [pid, *(child for child, _ in descendants(pid))]:
-        try:
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE_KIB
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / 1024
-
-
-def overhead(uri: str, run_id: str) -> dict:
-    """Median framework overhead over rounds 2.. from the run's MLflow round metrics."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-
-    def history(key: str) -> dict[int, float]:
-        return {m.step: m.value for m in client.get_metric_history(run_id, key)}
-
-    phase, slowest = history("round/train_phase_s"), history("round/slowest_site_train_s")
-    rounds = sorted(r for r in phase if r > 1)
-    seconds = [phase[r] - slowest[r] for r in rounds]
-    return {"rounds": rounds, "train_phase_s": [phase[r] for r in rounds], "overhead_s": seconds,
-            "overhead_s_median": statistics.median(seconds),
-            "overhead_fraction_median": statistics.median((phase[r] - slowest[r]) / phase[r] for r in rounds)}
+    return tree_rss_kib(pid) / 1024
 
 
 def latest_run(uri: str) -> str:

@@ -38,7 +38,7 @@ SMOKE = ["preset=smoke", "rounds=2", "data.max_cases=8", "data.max_val_cases=2"]
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def _tree_rss_kib(root: int) -> int:
+def tree_rss_kib(root: int) -> int:
     """Summed resident memory of ``root`` and all its descendants (read from /proc)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
@@ -68,7 +68,7 @@ def run(cmd: list[str], log: Path) -> tuple[str, float, float]:
 
         def sample() -> None:
             while not done.wait(0.5):
-                peak[0] = max(peak[0], _tree_rss_kib(proc.pid))
+                peak[0] = max(peak[0], tree_rss_kib(proc.pid))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -98,9 +98,11 @@ def overhead(uri: str, run_id: str) -> dict:
                                                   "round/site_train_total_s"))
     slots = max(1, (os.cpu_count() or 1))  # simulation.cpus_per_site=1: one hospital per CPU at a time
     rounds = sorted(r for r in phase if r > 1) or sorted(phase)
+    seconds = [phase[r] - slowest[r] for r in rounds]
     plain = [(phase[r] - slowest[r]) / phase[r] for r in rounds]
     shared = [max(phase[r] - max(slowest[r], total[r] / slots), 0.0) / phase[r] for r in rounds]
-    return {"rounds": rounds, "round_s": [phase[r] for r in rounds], "overhead_fraction": plain,
+    return {"rounds": rounds, "round_s": [phase[r] for r in rounds], "overhead_s": seconds,
+            "overhead_s_median": statistics.median(seconds), "overhead_fraction": plain,
             "overhead_fraction_median": statistics.median(plain),
             "overhead_fraction_shared_cpu_median": statistics.median(shared)}
 

@@ -78,4 +78,4 @@ def decode_plan(config: ConfigRecord) -> SitePlan:
     task = make_task(plan["task"], protocol, from_mapping(ModelConfig, plan["model"]))
     split = plan["split"]
     return SitePlan(task, from_mapping(TrainConfig, plan["train"]), plan["policy"], split["train_split"],
-                    split["val_split"], float(split["val_fraction"]), int(plan.get("rounds", 1)), encoded)
+                    split["val_split"], float(split["val_fraction"]), int(plan["rounds"]), encoded)

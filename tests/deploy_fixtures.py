@@ -124,6 +124,14 @@ def link_site(root: Path, openkbp_root: Path, train: list[str], val: list[str]) 
     return root
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and every descendant at once, by PID (a crash: no goodbye), then reap it."""
+    for pid in [proc.pid, *(pid for pid, _ in descendants(proc.pid))]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
 class Deployment:
     """A SuperLink with TLS and node authentication on 127.0.0.1 and one registered SuperNode per site, all
     started on enter and stopped (by PID, with their descendants) on exit.
@@ -154,11 +162,7 @@ class Deployment:
                                         runtime_port=free_port(), state_dir=self.tmp_path / f"{name}-state")
                     self.nodes[name] = start_supernode(node, self.tmp_path / f"{name}.log")
                     self.started.append(self.nodes[name])
-                deadline = time.monotonic() + 60
-                while sum(n.status == "online" for n in control.nodes()) < len(self.sites):
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"the SuperNodes did not come online; see {self.tmp_path}/*.log")
-                    time.sleep(0.5)
+                self._wait_online(control, 60, "come online")
         except BaseException:
             self.__exit__()
             raise
@@ -168,13 +172,16 @@ class Deployment:
         for proc in reversed(self.started):
             stop_process(proc)
 
+    def _wait_online(self, control: SuperLinkControl, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while sum(n.status == "online" for n in control.nodes()) < len(self.sites):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the SuperNodes did not {what}; see {self.tmp_path}/*.log")
+            time.sleep(0.5)
+
     def kill_superlink(self) -> None:
         """Kill the SuperLink and the ServerApp it runs at once (SIGKILL by PID: the server machine crashed)."""
-        proc = self.started[0]
-        for pid in [proc.pid, *(pid for pid, _ in descendants(proc.pid))]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait()
+        kill_tree(self.started[0])
 
     def restart_superlink(self) -> None:
         """Start the SuperLink again on the same port and state folder; wait until every site is back online."""
@@ -182,20 +189,11 @@ class Deployment:
         wait_until_listening(self.started[0], "127.0.0.1", self.settings.port,
                              self.settings.state_dir / "superlink.console.log")
         with SuperLinkControl(self.endpoint, self.certs.ca_cert) as control:
-            deadline = time.monotonic() + 120
-            while sum(n.status == "online" for n in control.nodes()) < len(self.sites):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the SuperNodes did not reconnect; see {self.tmp_path}/*.log")
-                time.sleep(0.5)
+            self._wait_online(control, 120, "reconnect")
 
     def kill_node(self, name: str) -> None:
         """Kill site ``name``'s SuperNode and the apps it started at once (SIGKILL by PID: a crash, no goodbye)."""
-        proc = self.nodes[name]
-        spawned = [pid for pid, _ in descendants(proc.pid)]
-        for pid in [proc.pid, *spawned]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait()
+        kill_tree(self.nodes[name])
 
     def wait_for_app(self, name: str, timeout_s: float) -> None:
         """Block until site ``name``'s SuperNode runs a ClientApp (it received work from the ServerApp)."""

@@ -104,7 +104,7 @@ class PrivateStrategy:
         self._event: GaussianPrivacyEvent | None = None
 
     def __getattr__(self, name: str) -> Any:
-        """Node counts, screening records and optimiser state come from the inner strategy."""
+        """Node counts, screening records, optimiser state and evaluation come from the inner strategy."""
         return getattr(self.__dict__["strategy"], name)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -130,10 +130,10 @@ class PrivateStrategy:
         screened = screen_replies(replies, self.strategy.global_arrays, "train", server_round)
         for reply in list(screened.accepted):
             if _unchanged(reply, self.strategy.global_arrays):  # Flower's clipping divides by the update's norm
+                name = site_name(reply)
                 screened.accepted.remove(reply)
-                screened.rejected[site_name(reply)] = "the update is zero: the site sent the global model back"
-                log.warning("round %d train: rejected the reply of %s: its update is zero", server_round,
-                            site_name(reply))
+                screened.rejected[name] = "the update is zero: the site sent the global model back"
+                log.warning("round %d train: rejected the reply of %s: its update is zero", server_round, name)
         if not screened.accepted:
             self.strategy.screened["train"] = screened
             return None, None
@@ -146,13 +146,6 @@ class PrivateStrategy:
             self.noise_std = compute_stdv(self.settings.noise_multiplier, self.settings.clipping_norm,
                                           len(screened.accepted))
         return arrays, metrics
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
     def privacy_metrics(self) -> dict[str, float]:
         """Budget spent so far (epsilon at the target delta) and this round's noise, for tracking."""
