@@ -8,6 +8,7 @@ overhead (round wall time of the training phase minus the slowest site's trainin
 
     python benchmarks/bench_federated.py --out bench-federated                  # full size: hours on 2 cores
     python benchmarks/bench_federated.py --out bench-federated-smoke --smoke    # minutes: proves it works
+    python benchmarks/bench_federated.py --out bench-federated --federated-only --task dose strategy=fedavgm
 
 Extra arguments are Hydra overrides for every run (e.g. ``rounds=20 federation.local_epochs=1``). Results go to
 ``OUT/results.json`` and ``OUT/summary.md`` (tables to copy into docs/BENCHMARKS.md).
@@ -107,13 +108,17 @@ def overhead(uri: str, run_id: str) -> dict:
             "overhead_fraction_shared_cpu_median": statistics.median(shared)}
 
 
-def scenario(task: str, out: Path, fedrt: list[str], common: list[str]) -> dict:
-    """Federated run, baselines and comparison table of one task; peak memory of the 4-hospital run."""
+def scenario(task: str, out: Path, fedrt: list[str], common: list[str], baselines: bool = True) -> dict:
+    """Federated run, baselines and comparison table of one task; peak memory of the 4-hospital run.
+    Without ``baselines`` the comparison uses those an earlier run recorded in the same MLflow store.
+    """
     args = [f"task={task}", *SKEW, *common]
     stdout, seconds, peak_mib = run([*fedrt, "simulate", *args, f"output={out / f'{task}-federated.pt'}"],
                                     out / f"{task}-simulate.log")
     run_id = next(line.split()[2] for line in stdout.splitlines() if line.startswith("MLflow run "))
-    _, baseline_s, baseline_mib = run([*fedrt, "baseline", *args], out / f"{task}-baseline.log")
+    baseline_s = baseline_mib = float("nan")
+    if baselines:
+        _, baseline_s, baseline_mib = run([*fedrt, "baseline", *args], out / f"{task}-baseline.log")
     table_file = out / f"{task}-comparison.md"
     run([*fedrt, "compare", *args, "--out", str(table_file)], out / f"{task}-compare.log")
     uri = next(a.split("=", 1)[1] for a in common if a.startswith("tracking.uri="))
@@ -137,6 +142,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--task", choices=["dose", "seg", "both"], default="both")
     parser.add_argument("--smoke", action="store_true", help="tiny network and few patients: minutes, not hours")
+    parser.add_argument("--federated-only", action="store_true",
+                        help="only the federated runs and the comparisons, against the baselines an earlier run "
+                             "left in OUT (e.g. another strategy=...); no 16-hospital run")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     out = args.out.resolve()
@@ -147,9 +155,11 @@ def main() -> None:
     tasks = ["dose", "seg"] if args.task == "both" else [args.task]
     result = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
               "date": time.strftime("%Y-%m-%d"), "smoke": args.smoke, "overrides": common,
-              "tasks": {task: scenario(task, out, fedrt, common) for task in tasks},
-              "memory_16_sites": memory_16(out, fedrt, common, args.smoke)}
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+              "tasks": {task: scenario(task, out, fedrt, common, not args.federated_only) for task in tasks}}
+    if not args.federated_only:
+        result["memory_16_sites"] = memory_16(out, fedrt, common, args.smoke)
+    name = "results-federated-only" if args.federated_only else "results"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     lines = [f"Federated benchmark ({'smoke size' if args.smoke else 'full size'}), {result['machine']}, "
              f"{result['date']}", ""]
     for task, r in result["tasks"].items():
@@ -158,9 +168,11 @@ def main() -> None:
                   f"{100 * r['overhead']['overhead_fraction_median']:.1f}% of the training phase "
                   f"({100 * r['overhead']['overhead_fraction_shared_cpu_median']:.1f}% after queueing on shared "
                   f"CPUs); peak memory with 4 virtual hospitals {r['peak_mib_4_sites']:.0f} MiB; simulate "
-                  f"{r['simulate_minutes']:.1f} min, baselines {r['baseline_minutes']:.1f} min.", ""]
-    lines.append(f"Peak memory with 16 virtual hospitals: {result['memory_16_sites']['peak_mib_16_sites']:.0f} MiB.")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+                  f"{r['simulate_minutes']:.1f} min, baselines {r['baseline_minutes']:.1f} min (nan: reused).", ""]
+    if "memory_16_sites" in result:
+        peak_16 = result["memory_16_sites"]["peak_mib_16_sites"]
+        lines.append(f"Peak memory with 16 virtual hospitals: {peak_16:.0f} MiB.")
+    (out / f"{name.replace('results', 'summary')}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

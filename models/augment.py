@@ -57,14 +57,15 @@ class RandIntensityJitterd(RandomizableTransform, MapTransform):
 
 
 def training_transform(patch: Sequence[int], permutations: Mapping[str, Sequence[int]], flip: bool,
-                       jitter: float, seed: int, classes: int = 0, ct_channels: Sequence[int] = (0,)) -> Compose:
+                       jitter: float, seed: int, class_ratios: Sequence[float] | None = None,
+                       ct_channels: Sequence[int] = (0,)) -> Compose:
     """Crop a patch, then flip and jitter. The crop is centred on foreground two times in three; with
-    ``classes`` (segmentation) it is centred on each class equally often, background half as often, so that
-    small organs (spinal cord, esophagus) are seen as often as large ones.
+    ``class_ratios`` (segmentation: background first, then each organ, see ``dataset_class_ratios``) it is
+    centred on each class in those proportions, among the classes the case has.
     """
-    if classes:
+    if class_ratios is not None:
         crop = RandCropByLabelClassesd(keys=list(KEYS), label_key="fg", spatial_size=list(patch),
-                                       ratios=[1, *([2] * classes)], num_classes=classes + 1, num_samples=1,
+                                       ratios=list(class_ratios), num_classes=len(class_ratios), num_samples=1,
                                        indices_key="class_idx", allow_smaller=True, warn=False)
     else:
         crop = RandCropByPosNegLabeld(keys=list(KEYS), label_key="fg", spatial_size=list(patch), pos=2, neg=1,
@@ -82,6 +83,16 @@ def class_indices(target: torch.Tensor) -> list[np.ndarray]:
     """Flat voxel indices of the background and of each target channel, for the class-balanced sampler."""
     flat = target.reshape(target.shape[0], -1).numpy() > 0
     return [np.flatnonzero(~flat.any(0)), *(np.flatnonzero(channel) for channel in flat)]
+
+
+def dataset_class_ratios(class_idx: Sequence[Sequence[np.ndarray]]) -> list[float]:
+    """Patch-centre ratios (background first) under which every organ is the centre equally often over the
+    whole dataset: an organ contoured in few cases (esophagus, larynx) gets a larger share in those cases, an
+    organ in every case twice the background's. ``class_idx`` holds each case's ``class_indices``.
+    """
+    counts = np.array([[len(ix) > 0 for ix in case[1:]] for case in class_idx]).sum(0)
+    organs = np.where(counts > 0, 2.0 * counts.max() / np.maximum(counts, 1), 0.0)
+    return [1.0, *organs.tolist()]
 
 
 def foreground_indices(fg: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

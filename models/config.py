@@ -28,7 +28,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How the one training loop runs: budget (epochs and/or minutes), optimiser, augmentation, FedProx."""
+    """How the one training loop runs: budget (epochs and/or minutes), optimiser, augmentation, FedProx,
+    arithmetic (``precision`` bf16 = bfloat16 autocast, about twice the steps per hour on an AVX-512 CPU).
+    """
 
     epochs: int = 10
     steps_per_epoch: int | None = None
@@ -42,6 +44,7 @@ class TrainConfig:
     proximal_mu: float = 0.0
     seed: int = 0
     threads: int | None = None
+    precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -17,6 +17,7 @@ from protocols.protocol import Protocol
 
 CT_CLIP_HU = (-1000.0, 2000.0)
 CT_SCALE_HU = 1000.0
+TISSUE_HU = -500.0
 SOFT_TISSUE_HU = (-160.0, 240.0)  # a soft-tissue window: parotids, esophagus and larynx differ by tens of HU
 
 
@@ -31,7 +32,7 @@ def dose_inputs(case: Case, protocol: Protocol) -> np.ndarray:
     target = np.zeros(case.shape, np.float32)
     for name in protocol.targets:
         target = np.maximum(target, case.mask(name) * np.float32(rx[name] / protocol.max_prescription_gy))
-    pdm = case.possible_dose_mask if case.possible_dose_mask is not None else case.ct_hu > -500
+    pdm = body_mask(case)
     channels = [ct_channel(case.ct_hu), *(case.mask(n).astype(np.float32) for n in protocol.oars),
                 target, pdm.astype(np.float32)]
     return np.stack(channels)
@@ -48,9 +49,14 @@ def seg_inputs(case: Case) -> np.ndarray:
     return np.stack([ct_channel(case.ct_hu), soft_tissue_channel(case.ct_hu)])
 
 
+def tissue_mask(case: Case) -> np.ndarray:
+    """Everything denser than -500 HU: the patient (and any couch), whatever the dose covers."""
+    return case.ct_hu > TISSUE_HU
+
+
 def body_mask(case: Case) -> np.ndarray:
-    """The region the models work in: the possible-dose mask, or tissue denser than -500 HU."""
-    return case.possible_dose_mask if case.possible_dose_mask is not None else case.ct_hu > -500
+    """The region the dose model works in: the possible-dose mask, or the tissue where there is none."""
+    return case.possible_dose_mask if case.possible_dose_mask is not None else tissue_mask(case)
 
 
 def dose_channel_permutation(protocol: Protocol) -> list[int]:

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models import encoding
-from models.augment import class_indices, foreground_indices, training_transform
+from models.augment import class_indices, dataset_class_ratios, foreground_indices, training_transform
 from models.config import TrainConfig
 from models.tasks import Prepared, Task
 from protocols.case import Case
@@ -81,6 +81,13 @@ def learning_rate(config: TrainConfig, progress: float) -> float:
     raise ValueError(f"unknown train.schedule {config.schedule!r}; choose cosine or constant")
 
 
+def autocast(precision: str) -> torch.autocast:
+    """The arithmetic of training: fp32, or bfloat16 autocast (weights, optimiser and loss stay fp32)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown train.precision {precision!r}; choose fp32 or bf16")
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def _proximal_term(network: nn.Module, reference: list[torch.Tensor]) -> torch.Tensor:
     """FedProx: squared distance of the trainable weights from the round's global weights."""
     return sum(((p - r) ** 2).sum() for p, r in zip(network.parameters(), reference, strict=True))
@@ -97,12 +104,15 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
     rng = np.random.default_rng(config.seed)
     patch = task.model_config.patch
     items = [_padded(p, patch, task.ct_channels) for p in prepared]
-    classes = task.out_channels if task.name == "seg" else 0
+    ratios = dataset_class_ratios([item["class_idx"] for item in items]) if "class_idx" in items[0] else None
     transform = training_transform(patch, task.permutations(), config.flip, config.intensity_jitter, config.seed,
-                                   classes, task.ct_channels)
+                                   ratios, task.ct_channels)
     steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(items) / config.batch_size))
     total = config.epochs * steps_per_epoch
     budget_s = config.max_minutes * 60 if config.max_minutes else None
+    cast = autocast(config.precision)
+    # Channels-last 3D lets oneDNN's convolutions vectorise over channels: ~20% faster on CPU, same results.
+    network.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     reference = [p.detach().clone() for p in network.parameters()] if config.proximal_mu > 0 else None
     result = TrainResult(num_examples=len(prepared))
@@ -124,7 +134,9 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
             samples = [transform(items[i])[0] for i in picks]
             batch = {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in ("image", "target", "mask")}
             batch["labelled"] = torch.stack([prepared[i].labelled for i in picks])
-            loss = task.loss(network(batch["image"]), batch)
+            with cast:
+                output = network(batch["image"].to(memory_format=torch.channels_last_3d))
+            loss = task.loss(output.float(), batch)
             if reference is not None:
                 loss = loss + 0.5 * config.proximal_mu * _proximal_term(network, reference)
             optimizer.zero_grad(set_to_none=True)
@@ -139,6 +151,7 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
         if budget_s and time.perf_counter() - start >= budget_s:
             break
     bar.close()
+    network.to(memory_format=torch.contiguous_format)
     result.seconds = time.perf_counter() - start
     return result
 

@@ -168,6 +168,11 @@ class SegTask(Task):
     def out_channels(self) -> int:
         return len(self.protocol.oars)
 
+    def crop(self, case: Case) -> encoding.Crop:
+        """The whole patient: OpenKBP's possible-dose mask leaves out up to 90% of a brainstem or spinal cord."""
+        return encoding.plan_crop(encoding.tissue_mask(case), self.model_config.downsample,
+                                  self.model_config.divisor)
+
     def inputs(self, case: Case) -> np.ndarray:
         return encoding.seg_inputs(case)
 

@@ -1,5 +1,6 @@
 """Strategies and reply screening on hand-made replies: weighted means checkable by hand, rejected replies
-(NaN, wrong shape or keys, zero examples, errors) leave the round going, FedAdam state survives a checkpoint.
+(NaN, wrong shape or keys, zero examples, errors) leave the round going, FedAdam and FedAvgM state survives a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageTy
 from flwr.supercore.task_identity import TaskIdentity
 
 from server.rounds import run_rounds, wait_for_nodes
-from server.strategies import FedAdam, FedAvg, FedProx, build_strategy
+from server.strategies import FedAdam, FedAvg, FedAvgM, FedProx, build_strategy
 from server.validation import reply_problem
 
 
@@ -108,6 +109,36 @@ def test_fedadam_moments_survive_a_checkpoint_and_give_the_same_next_round():
     for key in uninterrupted:
         np.testing.assert_array_equal(again[key].numpy(), uninterrupted[key].numpy())
         assert again[key].numpy().dtype == np.float32
+
+
+def fedavgm_round(strategy, global_arrays: ArrayRecord, round_replies: list[Message], server_round: int):
+    strategy.global_arrays = global_arrays
+    strategy.current_arrays = global_arrays
+    merged, _ = strategy.aggregate_train(server_round, round_replies)
+    return merged
+
+
+def test_fedavgm_moves_by_the_momentum_of_the_mean_updates_and_resumes_it_exactly():
+    settings = {"name": "fedavgm", "server_learning_rate": 1.0, "server_momentum": 0.5}
+    first = build_strategy(settings, 2, 2, 2)
+    assert isinstance(first, FedAvgM)
+    after_one = fedavgm_round(first, arrays(0.0), [reply(1, arrays(1.0), 1), reply(2, arrays(2.0), 1)], 1)
+    np.testing.assert_allclose(after_one["conv.weight"].numpy(), 1.5)  # first round: the plain mean
+    saved = {name: {k: v.copy() for k, v in velocity.items()} for name, velocity in first.optimizer_state().items()}
+    round_two = [reply(1, arrays(0.5), 1), reply(2, arrays(-1.0), 3)]
+    uninterrupted = fedavgm_round(first, after_one, round_two, 2)
+    # Mean -0.625, so the update is 1.5 - (-0.625) = 2.125 against the gradient; with momentum 0.5 the velocity
+    # is 0.5 * -1.5 + 2.125 = 1.375 and the model 1.5 - 1.375 = 0.125 (plain FedAvg would give -0.625).
+    np.testing.assert_allclose(uninterrupted["conv.weight"].numpy(), 0.125)
+
+    resumed = build_strategy(settings, 2, 2, 2)
+    resumed.load_optimizer_state(saved)
+    again = fedavgm_round(resumed, after_one, round_two, 2)
+    for key in uninterrupted:
+        np.testing.assert_array_equal(again[key].numpy(), uninterrupted[key].numpy())
+        assert again[key].numpy().dtype == np.float32
+    with pytest.raises(ValueError, match="unknown FedAvgM state"):
+        resumed.load_optimizer_state({"m_t": {}})
 
 
 class ReplyingGrid:

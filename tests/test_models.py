@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models import encoding, loop
-from models.augment import RandLateralFlipd
+from models.augment import RandLateralFlipd, class_indices, dataset_class_ratios, training_transform
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import ModelConfig, TrainConfig
 from models.tasks import make_task
@@ -46,6 +46,23 @@ def test_lateral_flip_swaps_left_and_right_parotid_channels(cases, protocol):
     assert left_centre > right_centre
 
 
+def test_an_organ_contoured_in_few_cases_is_a_patch_centre_as_often_as_a_common_one():
+    """Organ 0 is in all four cases, organ 1 in one: that case centres 8 of 11 patches on organ 1."""
+    common, rare = torch.zeros(2, 16, 16, 16), torch.zeros(2, 16, 16, 16)
+    common[0, :3, :3, :3] = 1
+    rare[0, :3, :3, :3] = 1
+    rare[1, -3:, -3:, -3:] = 1
+    indices = [class_indices(rare), *(class_indices(common) for _ in range(3))]
+    ratios = dataset_class_ratios(indices)
+    assert ratios == [1.0, 2.0, 8.0]
+    transform = training_transform((4, 4, 4), {"image": [0], "target": [0, 1], "mask": [0]}, False, 0.0, 0, ratios)
+    item = {"image": torch.zeros(1, 16, 16, 16), "target": rare, "mask": rare[:1], "fg": rare[:1],
+            "class_idx": indices[0]}
+    crops = [transform(item)[0]["target"] for _ in range(400)]
+    share = np.mean([float(c[1].any() and not c[0].any()) for c in crops])
+    assert 0.65 < share < 0.8, share
+
+
 def test_weights_round_trip_exactly_including_buffers(protocol):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.BatchNorm3d(2))
@@ -62,16 +79,46 @@ def test_weights_round_trip_exactly_including_buffers(protocol):
         set_weights(other, weights[:-1])
 
 
-def test_short_training_lowers_the_loss_for_both_tasks(cases, protocol):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_short_training_lowers_the_loss_for_both_tasks(cases, protocol, precision):
     for name in ("dose", "seg"):
         task = make_task(name, protocol, SMALL)
         torch.manual_seed(0)
         net = task.build_network()
         prepared = [task.prepare(c) for c in cases]
         result = loop.train(net, task, prepared, TrainConfig(epochs=8, steps_per_epoch=4, batch_size=2, lr=0.01,
-                                                             flip=False), progress=False)
+                                                             flip=False, precision=precision), progress=False)
         assert result.steps == 32 and result.num_examples == 2
         assert result.history[-1] < result.history[0], (name, result.history)
+        # Trained in channels-last layout, handed back in the standard one (weights go out as plain arrays).
+        assert all(p.is_contiguous() for p in net.parameters())
+        assert all(w.dtype == np.float32 for w in get_weights(net))
+
+
+def test_an_unknown_precision_is_refused_by_name(cases, protocol):
+    task = make_task("dose", protocol, SMALL)
+    with pytest.raises(ValueError, match=r"unknown train\.precision 'fp16'; choose fp32 or bf16"):
+        loop.train(task.build_network(), task, [task.prepare(cases[0])], TrainConfig(precision="fp16"),
+                   progress=False)
+
+
+def test_segmentation_works_on_the_whole_patient_not_the_possible_dose_mask(openkbp_root, protocol):
+    """OpenKBP's possible-dose mask stops short of the brainstem in many patients (pt_10: two thirds of it
+    outside its box): the segmentation crop, and so every prediction, must hold all of each organ.
+    """
+    case = load_openkbp_case(openkbp_root / "train-pats" / "pt_10", protocol)[0]
+    config = ModelConfig()
+
+    def inside(crop: encoding.Crop, mask: np.ndarray) -> float:
+        box = tuple(slice(a, b) for a, b in zip(crop.start, crop.stop, strict=True))
+        return mask[box].sum() / mask.sum()
+
+    brainstem = case.structures["Brainstem"]
+    assert inside(make_task("dose", protocol, config).crop(case), brainstem) < 0.5
+    seg_crop = make_task("seg", protocol, config).crop(case)
+    for name in protocol.oars:
+        if name in case.structures:
+            assert inside(seg_crop, case.structures[name]) == 1.0, name
 
 
 def test_fedprox_term_keeps_weights_near_the_start(cases, protocol):

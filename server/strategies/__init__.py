@@ -6,10 +6,12 @@ from typing import Any
 
 from server.strategies.fedadam import FedAdam
 from server.strategies.fedavg import FedAvg
+from server.strategies.fedavgm import FedAvgM
 from server.strategies.fedprox import FedProx
 from server.strategies.screening import ScreenedStrategy
 
-STRATEGIES: dict[str, type[ScreenedStrategy]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}
+STRATEGIES: dict[str, type[ScreenedStrategy]] = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedprox": FedProx,
+                                                  "fedadam": FedAdam}
 
 
 def build_strategy(settings: dict[str, Any], min_available_nodes: int, min_train_nodes: int,
@@ -24,4 +26,4 @@ def build_strategy(settings: dict[str, Any], min_available_nodes: int, min_train
                             **options)
 
 
-__all__ = ["STRATEGIES", "FedAdam", "FedAvg", "FedProx", "ScreenedStrategy", "build_strategy"]
+__all__ = ["STRATEGIES", "FedAdam", "FedAvg", "FedAvgM", "FedProx", "ScreenedStrategy", "build_strategy"]
