@@ -8,6 +8,7 @@ Deployment: ``flower-supernode ... --node-config 'data-path="/data/openkbp"'`` r
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Mapping
 
 import torch
@@ -20,6 +21,8 @@ from client.settings import SITE_METRICS, SitePlan, decode_plan
 from client.site import SiteData, data_path, load_site, round_seed, site_name
 from models import loop
 from models.weights import set_weights
+
+OPTIMIZER_KEY = "fedrt-optimizer"  # the site's AdamW state in the node's Context.state; it never leaves the node
 
 
 def _network(plan: SitePlan, arrays: ArrayRecord) -> nn.Module:
@@ -38,6 +41,21 @@ def _reply(msg: Message, context: Context, metrics: dict[str, float], arrays: Ar
     if arrays is not None:
         content["arrays"] = arrays
     return Message(content=content, reply_to=msg)
+
+
+def _kept_optimizer(context: Context, plan: SitePlan) -> dict | None:
+    """The AdamW state this site kept from its previous round of the run, when the plan keeps one."""
+    if not plan.keep_optimizer or OPTIMIZER_KEY not in context.state:
+        return None
+    return torch.load(io.BytesIO(context.state[OPTIMIZER_KEY]["adamw"]), weights_only=True)
+
+
+def _keep_optimizer(context: Context, plan: SitePlan, state: dict | None) -> None:
+    """Store the site's AdamW state for its next round (Flower keeps ``Context.state`` for the run)."""
+    if plan.keep_optimizer and state is not None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        context.state[OPTIMIZER_KEY] = ConfigRecord({"adamw": buffer.getvalue()})
 
 
 def _site(msg: Message, context: Context, site_paths: Mapping[int, str] | None) -> tuple[SitePlan, SiteData]:
@@ -64,7 +82,9 @@ def make_client_app(site_paths: Mapping[int, str] | None = None) -> ClientApp:
         seed = round_seed(plan.train.seed, int(config["server-round"]), site_name(context))
         settings = dataclasses.replace(plan.round_settings(int(config["server-round"])), seed=seed,
                                        proximal_mu=float(config.get("proximal-mu", 0.0)))
-        result = loop.train(network, plan.task, data.train, settings, progress=False, label=site_name(context))
+        result = loop.train(network, plan.task, data.train, settings, progress=False, label=site_name(context),
+                            optimizer_state=_kept_optimizer(context, plan))
+        _keep_optimizer(context, plan, result.optimizer_state)
         metrics = {"num-examples": result.num_examples, "train_loss": result.loss,
                    "train_seconds": result.seconds, "train_steps": result.steps}
         return _reply(msg, context, metrics, ArrayRecord(network.state_dict()))

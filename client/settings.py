@@ -25,7 +25,8 @@ SITE_METRICS = {"dose": ("dose_score", "dvh_score"), "seg": ("dice_mean",)}
 @dataclass(frozen=True)
 class SitePlan:
     """How a site trains and evaluates this run; ``train.epochs`` is the local epochs of one round, and
-    ``train.schedule`` runs over the run's ``rounds`` (see ``round_settings``).
+    ``train.schedule`` runs over the run's ``rounds`` (see ``round_settings``). ``keep_optimizer``: the site
+    continues its AdamW moments from its previous round (they stay on the node) instead of restarting them.
     """
 
     task: Task
@@ -35,6 +36,7 @@ class SitePlan:
     val_split: str
     val_fraction: float
     rounds: int
+    keep_optimizer: bool
     encoded: str
 
     def round_settings(self, server_round: int) -> TrainConfig:
@@ -53,7 +55,7 @@ class SitePlan:
 
 
 def encode_plan(task_name: str, protocol: Protocol, model: ModelConfig, train: TrainConfig, policy: str,
-                data: dict[str, Any], rounds: int) -> str:
+                data: dict[str, Any], rounds: int, keep_optimizer: bool = False) -> str:
     """The plan as JSON. ``protocol`` is the one the sites' data is read with (its grid included)."""
     return json.dumps({
         "task": task_name,
@@ -62,6 +64,7 @@ def encode_plan(task_name: str, protocol: Protocol, model: ModelConfig, train: T
         "train": {k: v for k, v in dataclasses.asdict(train).items() if k != "extra"},
         "policy": policy,
         "rounds": int(rounds),
+        "keep_optimizer": bool(keep_optimizer),
         "split": {"train_split": data.get("train_split", "train-pats"),
                   "val_split": data.get("val_split", "validation-pats"),
                   "val_fraction": float(data.get("val_fraction", 0.2))},
@@ -78,4 +81,5 @@ def decode_plan(config: ConfigRecord) -> SitePlan:
     task = make_task(plan["task"], protocol, from_mapping(ModelConfig, plan["model"]))
     split = plan["split"]
     return SitePlan(task, from_mapping(TrainConfig, plan["train"]), plan["policy"], split["train_split"],
-                    split["val_split"], float(split["val_fraction"]), int(plan["rounds"]), encoded)
+                    split["val_split"], float(split["val_fraction"]), int(plan["rounds"]),
+                    bool(plan["keep_optimizer"]), encoded)

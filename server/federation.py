@@ -91,7 +91,8 @@ def site_plan(config: DictConfig, task: Task) -> str:
     """
     local = dataclasses.replace(train_config(config), epochs=int(config.federation.local_epochs))
     return encode_plan(task.name, data_protocol(config, task.protocol), task.model_config, local, config.policy,
-                       OmegaConf.to_container(config.data, resolve=True), int(config.rounds))
+                       OmegaConf.to_container(config.data, resolve=True), int(config.rounds),
+                       bool(config.federation.keep_optimizer_state))
 
 
 def node_counts(config: DictConfig) -> tuple[int, int, int]:

@@ -4,14 +4,17 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import make_client_app
+from client.app import OPTIMIZER_KEY, make_client_app
 from client.settings import PLAN_KEY, decode_plan
 from client.site import data_path, round_seed, site_name
 from fedrt.config import compose
@@ -67,6 +70,25 @@ def test_train_replies_with_weights_scalar_metrics_and_a_pseudonym_only(hospital
     again = make_client_app()(instruction(MessageType.TRAIN, global_model, plan), node)
     for key in got:  # the same round at the same site trains identically
         np.testing.assert_array_equal(again.content["arrays"][key].numpy(), got[key].numpy())
+
+
+def test_with_keep_optimizer_state_a_site_continues_its_adamw_moments_on_the_node(hospital):
+    path, default_plan, global_model = hospital
+    config = compose([*OVERRIDES, "federation.keep_optimizer_state=true"])
+    plan = site_plan(config, task_from_config(config))
+    node = context({"data-path": str(path)})
+    steps = []
+    for server_round in (1, 2):
+        message = instruction(MessageType.TRAIN, global_model, plan)
+        message.content["config"]["server-round"] = server_round
+        reply = make_client_app()(message, node)
+        assert set(reply.content) == {"arrays", "metrics", "site"}  # the state is not sent
+        state = torch.load(io.BytesIO(node.state[OPTIMIZER_KEY]["adamw"]), weights_only=True)
+        steps.append(int(state["state"][0]["step"]))
+    assert steps == [2, 4]  # round 2 continued round 1's two steps
+    fresh = context({"data-path": str(path)})
+    make_client_app()(instruction(MessageType.TRAIN, global_model, default_plan), fresh)
+    assert OPTIMIZER_KEY not in fresh.state
 
 
 def wire_bytes(message: Message) -> bytes:
