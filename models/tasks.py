@@ -169,7 +169,7 @@ class SegTask(Task):
         return len(self.protocol.oars)
 
     def crop(self, case: Case) -> encoding.Crop:
-        """The whole patient: OpenKBP's possible-dose mask leaves out up to 90% of a brainstem or spinal cord."""
+        """The whole patient: OpenKBP's possible-dose mask box leaves out up to 80% of a brainstem."""
         return encoding.plan_crop(encoding.tissue_mask(case), self.model_config.downsample,
                                   self.model_config.divisor)
 
