@@ -17,7 +17,6 @@ from protocols.protocol import Protocol
 
 CT_CLIP_HU = (-1000.0, 2000.0)
 CT_SCALE_HU = 1000.0
-TISSUE_HU = -500.0
 SOFT_TISSUE_HU = (-160.0, 240.0)  # a soft-tissue window: parotids, esophagus and larynx differ by tens of HU
 
 
@@ -49,14 +48,9 @@ def seg_inputs(case: Case) -> np.ndarray:
     return np.stack([ct_channel(case.ct_hu), soft_tissue_channel(case.ct_hu)])
 
 
-def tissue_mask(case: Case) -> np.ndarray:
-    """Everything denser than -500 HU: the patient (and any couch), whatever the dose covers."""
-    return case.ct_hu > TISSUE_HU
-
-
 def body_mask(case: Case) -> np.ndarray:
     """The region the dose model works in: the possible-dose mask, or the tissue where there is none."""
-    return case.possible_dose_mask if case.possible_dose_mask is not None else tissue_mask(case)
+    return case.possible_dose_mask if case.possible_dose_mask is not None else case.tissue_mask()
 
 
 def dose_channel_permutation(protocol: Protocol) -> list[int]:

@@ -170,7 +170,7 @@ class SegTask(Task):
 
     def crop(self, case: Case) -> encoding.Crop:
         """The whole patient: OpenKBP's possible-dose mask box leaves out up to 80% of a brainstem."""
-        return encoding.plan_crop(encoding.tissue_mask(case), self.model_config.downsample,
+        return encoding.plan_crop(case.tissue_mask(), self.model_config.downsample,
                                   self.model_config.divisor)
 
     def inputs(self, case: Case) -> np.ndarray:

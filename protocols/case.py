@@ -11,6 +11,8 @@ import numpy as np
 # (image rows), axis 1 patient right -> left (image columns), axis 2 superior -> inferior (slices).
 AXES: tuple[str, str, str] = ("anterior->posterior", "right->left", "superior->inferior")
 LEFT_RIGHT_AXIS = 1
+# Denser than this is patient (or couch), below it air: the outline when no EXTERNAL ROI or dose mask is given.
+TISSUE_HU = -500.0
 
 
 @dataclass
@@ -32,6 +34,10 @@ class Case:
     @property
     def voxel_volume_mm3(self) -> float:
         return float(np.prod(self.spacing_mm))
+
+    def tissue_mask(self) -> np.ndarray:
+        """Everything denser than ``TISSUE_HU``: the patient (and any couch), whatever the dose covers."""
+        return self.ct_hu > TISSUE_HU
 
     def mask(self, name: str) -> np.ndarray:
         """The structure's mask, or an all-false mask when the structure was not contoured."""

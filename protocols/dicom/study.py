@@ -14,7 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
-from protocols.case import Case
+from protocols.case import TISSUE_HU, Case
 from protocols.dicom.attributes import text
 from protocols.dicom.ct import CtSeries, read_ct_series
 from protocols.dicom.geometry import VolumeGrid
@@ -25,7 +25,6 @@ from protocols.dicom.rtstruct import StructureSet, rasterise_roi, read_structure
 from protocols.protocol import Protocol
 from protocols.validation import CaseReport, Severity
 
-BODY_THRESHOLD_HU = -500.0  # the patient outline when the structure set has no EXTERNAL ROI
 Item = tuple[Path, Dataset]
 
 
@@ -171,13 +170,13 @@ def _report_names(names: NameMatch, empty: list[str], path: Path, report: CaseRe
 
 
 def _body(structure_set: StructureSet, drawn: list, ct: CtSeries, report: CaseReport) -> np.ndarray:
-    """The patient outline: the EXTERNAL ROI when there is one, else the largest CT region above -500 HU."""
+    """The patient outline: the EXTERNAL ROI when there is one, else the largest CT region above ``TISSUE_HU``."""
     outline = [roi for roi in drawn if is_body(roi.name, roi.interpreted_type)]
     if outline:
         mask = rasterise_roi(outline[0], ct.grid, report, structure_set.path)
         if mask.any():
             return mask
-    inside = ct.ct_hu > BODY_THRESHOLD_HU
+    inside = ct.ct_hu > TISSUE_HU
     labels, count = ndimage.label(inside)
     if count == 0:
         return inside

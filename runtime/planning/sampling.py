@@ -36,10 +36,10 @@ class VoxelSample:
 
 
 def body_mask(case: Case) -> np.ndarray:
-    """The voxels that can receive dose: the possible-dose mask, or the CT above -500 HU without one."""
+    """The voxels that can receive dose: the possible-dose mask, or the tissue without one."""
     if case.possible_dose_mask is not None and case.possible_dose_mask.any():
         return case.possible_dose_mask
-    return case.ct_hu > -500.0
+    return case.tissue_mask()
 
 
 def target_union(case: Case, protocol: Protocol) -> np.ndarray:
