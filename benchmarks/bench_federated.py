@@ -81,11 +81,11 @@ def run(cmd: list[str], log: Path) -> tuple[str, float, float]:
     return out, time.perf_counter() - start, peak[0] / 1024
 
 
-def overhead(uri: str, run_id: str) -> dict:
+def overhead(uri: str, run_id: str, relay: bool) -> dict:
     """Per-round framework overhead of a federated run, from its MLflow metrics (rounds after the first,
     which also starts Ray and loads each site's data). ``shared_cpu`` also subtracts queueing: with more
     virtual hospitals than CPU slots the sites train in turns, so the training time the round must take is
-    max(slowest site, all sites' training / slots).
+    max(slowest site, all sites' training / slots). A ``relay`` (strategy=cyclic) must take all sites' training.
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
@@ -99,6 +99,8 @@ def overhead(uri: str, run_id: str) -> dict:
                                                   "round/site_train_total_s"))
     slots = max(1, (os.cpu_count() or 1))  # simulation.cpus_per_site=1: one hospital per CPU at a time
     rounds = sorted(r for r in phase if r > 1) or sorted(phase)
+    if relay:
+        slowest = total
     seconds = [phase[r] - slowest[r] for r in rounds]
     plain = [(phase[r] - slowest[r]) / phase[r] for r in rounds]
     shared = [max(phase[r] - max(slowest[r], total[r] / slots), 0.0) / phase[r] for r in rounds]
@@ -124,7 +126,8 @@ def scenario(task: str, out: Path, fedrt: list[str], common: list[str], baseline
     uri = next(a.split("=", 1)[1] for a in common if a.startswith("tracking.uri="))
     return {"federated_run": run_id, "simulate_minutes": seconds / 60, "peak_mib_4_sites": peak_mib,
             "baseline_minutes": baseline_s / 60, "baseline_peak_mib": baseline_mib,
-            "overhead": overhead(uri, run_id), "comparison": table_file.read_text().strip()}
+            "overhead": overhead(uri, run_id, "strategy=cyclic" in common),
+            "comparison": table_file.read_text().strip()}
 
 
 def memory_16(out: Path, fedrt: list[str], common: list[str], smoke: bool) -> dict:

@@ -119,7 +119,7 @@ class Tracker:
         for site, values in report.site_evaluate.items():
             metrics |= {f"site/{site}/local_val/{k}": v for k, v in values.items()}
         metrics |= report.privacy
-        overhead_s = max(report.train_phase_s - report.slowest_site_train_s, 0.0)
+        overhead_s = max(report.train_phase_s - report.required_train_s, 0.0)
         metrics |= {
             "round/seconds": report.seconds,
             "round/train_phase_s": report.train_phase_s,

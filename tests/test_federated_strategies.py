@@ -183,3 +183,38 @@ def test_a_round_completes_without_the_nan_site_and_reports_it():
 def test_too_few_nodes_fail_fast_instead_of_hanging():
     with pytest.raises(TimeoutError, match="only 1 of the 2 required nodes"):
         wait_for_nodes(ReplyingGrid([1], None), minimum=2, wait_s=0.2)
+
+
+def test_cyclic_relay_passes_each_sites_model_on_and_skips_the_nan_site():
+    """Each site adds its node number to the weights it receives: the relay's result is the sum of the usable
+    sites' additions (not a mean), the NaN site's model is not passed on, and visits follow the site names.
+    """
+    visits = []
+
+    def respond(node: int, message: Message) -> Message:
+        visits.append(node)
+        received = message.content["arrays"]["conv.weight"].numpy()
+        value = np.nan if node == 2 else float(node)
+        content = RecordDict({"arrays": arrays(float(received.flat[0]) + value),
+                              "site": ConfigRecord({"name": f"site-{10 - node}"}),
+                              "metrics": MetricRecord({"num-examples": node, "train_loss": float(node),
+                                                       "train_seconds": 1.0, "train_steps": 3})})
+        return Message(content, reply_to=message)
+
+    reports = []
+    strategy = build_strategy({"name": "cyclic"}, 3, 3, 3, fraction_evaluate=0.0)
+    final = run_rounds(strategy, ReplyingGrid([3, 1, 2], respond), arrays(0.0), 1, 2, ConfigRecord(),
+                       ConfigRecord(), timeout_s=5, node_wait_s=1, on_round=lambda r, _: reports.append(r))
+    np.testing.assert_allclose(final["conv.weight"].numpy(), 2 * (1.0 + 3.0))
+    assert visits == [1, 2, 3, 3, 2, 1]  # node ids first; then by the names the sites gave (site-7, -8, -9)
+    assert reports[0].rejected == {"train/site-8": "array conv.weight: non-finite values"}
+    assert reports[0].train_metrics["train_loss"] == pytest.approx((1 * 1 + 3 * 3) / 4)
+    assert reports[0].required_train_s == 2.0  # the two accepted sites' training, one after the other
+
+
+def test_cyclic_refuses_differential_privacy():
+    from server.strategies.privacy import with_privacy
+
+    with pytest.raises(ValueError, match="strategy=cyclic passes one site's model"):
+        with_privacy(build_strategy({"name": "cyclic"}, 2, 2, 2), {"clipping": "server", "clipping_norm": 1.0,
+                                                                  "noise_multiplier": 0.1, "target_delta": 1e-5}, 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from server.strategies.cyclic import CyclicWeightTransfer
 from server.strategies.fedadam import FedAdam
 from server.strategies.fedavg import FedAvg
 from server.strategies.fedavgm import FedAvgM
@@ -11,7 +12,7 @@ from server.strategies.fedprox import FedProx
 from server.strategies.screening import ScreenedStrategy
 
 STRATEGIES: dict[str, type[ScreenedStrategy]] = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedprox": FedProx,
-                                                  "fedadam": FedAdam}
+                                                  "fedadam": FedAdam, "cyclic": CyclicWeightTransfer}
 
 
 def build_strategy(settings: dict[str, Any], min_available_nodes: int, min_train_nodes: int,
@@ -26,4 +27,5 @@ def build_strategy(settings: dict[str, Any], min_available_nodes: int, min_train
                             **options)
 
 
-__all__ = ["STRATEGIES", "FedAdam", "FedAvg", "FedAvgM", "FedProx", "ScreenedStrategy", "build_strategy"]
+__all__ = ["STRATEGIES", "CyclicWeightTransfer", "FedAdam", "FedAvg", "FedAvgM", "FedProx", "ScreenedStrategy",
+           "build_strategy"]
