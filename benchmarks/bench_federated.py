@@ -9,6 +9,8 @@ overhead (round wall time of the training phase minus the slowest site's trainin
     python benchmarks/bench_federated.py --out bench-federated                  # full size: hours on 2 cores
     python benchmarks/bench_federated.py --out bench-federated-smoke --smoke    # minutes: proves it works
     python benchmarks/bench_federated.py --out bench-federated --federated-only --task dose strategy=fedavgm
+    python benchmarks/bench_federated.py --out bench-federated --federated-only --task dose strategy=cyclic \
+        simulation.threads_per_site=2
 
 Extra arguments are Hydra overrides for every run (e.g. ``rounds=20 federation.local_epochs=1``). Results go to
 ``OUT/results.json`` and ``OUT/summary.md`` (tables to copy into docs/BENCHMARKS.md).
