@@ -1,6 +1,6 @@
 """The hospital's Flower ClientApp: train the received global model on the site's own patients with the one
-training loop, or evaluate it on the site's validation patients. Replies carry the weights, scalar metrics
-and the site's pseudonymous name, nothing else: no case ids, no voxels.
+training loop, evaluate it on the site's validation patients, or tell its site name. Replies carry the weights,
+scalar metrics and the site's pseudonymous name, nothing else: no case ids, no voxels.
 
 Deployment: ``flower-supernode ... --node-config 'data-path="/data/openkbp"'`` runs ``client.app:app``.
 """
@@ -88,6 +88,11 @@ def make_client_app(site_paths: Mapping[int, str] | None = None) -> ClientApp:
         metrics = {"num-examples": result.num_examples, "train_loss": result.loss,
                    "train_seconds": result.seconds, "train_steps": result.steps}
         return _reply(msg, context, metrics, ArrayRecord(network.state_dict()))
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """The site's pseudonymous name and nothing else: a relay (strategy=cyclic) orders its visits by it."""
+        return _reply(msg, context, {})
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

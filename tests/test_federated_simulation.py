@@ -1,6 +1,7 @@
 """End to end through Flower's simulation engine (Ray) on generated phantoms: a 2-site x 1-round run recorded
 in MLflow (run, metrics, round checkpoint, registered model usable as ``models:/``), Ray gone afterwards,
-and a FedAdam run interrupted in round 2 and resumed ends with exactly the weights of an uninterrupted run.
+and a FedAdam or cyclic run interrupted in round 2 and resumed ends with exactly the weights of an uninterrupted
+run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from mlflow import MlflowClient
 from fedrt.config import compose
 from models.checkpoint import load_checkpoint
 from models.registry import resolve_model
-from server.strategies import FedAdam
+from server.strategies import CyclicWeightTransfer, FedAdam
 from simulation.run import simulate
 
 # Two virtual hospitals with one training and one validation phantom each, the smoke network.
@@ -86,11 +87,15 @@ def test_two_sites_one_round_is_tracked_registered_and_leaves_no_ray_behind(uri,
         assert torch.equal(registered.network.state_dict()[key], value)
 
 
-def test_a_resumed_fedadam_run_ends_with_the_weights_of_an_uninterrupted_one(uri, workdir, monkeypatch):
-    base = [*TINY, "strategy=fedadam", "rounds=2", f"tracking.uri={uri}"]
-    uninterrupted = simulate(compose([*base, f"output={workdir / 'uninterrupted.pt'}"])).federation
+@pytest.mark.parametrize("name, strategy", [("fedadam", FedAdam), ("cyclic", CyclicWeightTransfer)])
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(name, strategy, workdir, monkeypatch):
+    """FedAdam's server moments and the relay's visiting order (asked of the sites) survive the interruption."""
+    monkeypatch.chdir(workdir)
+    uri = f"sqlite:///{workdir / f'resume-{name}.db'}"
+    base = [*TINY, f"strategy={name}", "rounds=2", f"tracking.uri={uri}"]
+    uninterrupted = simulate(compose([*base, f"output={workdir / f'uninterrupted-{name}.pt'}"])).federation
 
-    aggregate = FedAdam.aggregate_train
+    aggregate = strategy.aggregate_train
 
     def power_cut_in_round_two(self, server_round, replies):
         if server_round == 2:
@@ -98,9 +103,9 @@ def test_a_resumed_fedadam_run_ends_with_the_weights_of_an_uninterrupted_one(uri
         return aggregate(self, server_round, replies)
 
     with monkeypatch.context() as patch:
-        patch.setattr(FedAdam, "aggregate_train", power_cut_in_round_two)
+        patch.setattr(strategy, "aggregate_train", power_cut_in_round_two)
         with pytest.raises(RuntimeError, match="power cut"):
-            simulate(compose([*base, f"output={workdir / 'resumed.pt'}"]))
+            simulate(compose([*base, f"output={workdir / f'resumed-{name}.pt'}"]))
     client = MlflowClient(tracking_uri=uri)
     (failed,) = client.search_runs([client.get_experiment_by_name("fedrt").experiment_id],
                                    filter_string="attributes.status = 'FAILED'")

@@ -187,11 +187,15 @@ def test_too_few_nodes_fail_fast_instead_of_hanging():
 
 def test_cyclic_relay_passes_each_sites_model_on_and_skips_the_nan_site():
     """Each site adds its node number to the weights it receives: the relay's result is the sum of the usable
-    sites' additions (not a mean), the NaN site's model is not passed on, and visits follow the site names.
+    sites' additions (not a mean), the NaN site's model is not passed on, and visits follow the site names
+    (asked once per node with a query message).
     """
-    visits = []
+    visits, queries = [], []
 
     def respond(node: int, message: Message) -> Message:
+        if message.metadata.message_type == MessageType.QUERY:
+            queries.append(node)
+            return Message(RecordDict({"site": ConfigRecord({"name": f"site-{10 - node}"})}), reply_to=message)
         visits.append(node)
         received = message.content["arrays"]["conv.weight"].numpy()
         value = np.nan if node == 2 else float(node)
@@ -206,7 +210,8 @@ def test_cyclic_relay_passes_each_sites_model_on_and_skips_the_nan_site():
     final = run_rounds(strategy, ReplyingGrid([3, 1, 2], respond), arrays(0.0), 1, 2, ConfigRecord(),
                        ConfigRecord(), timeout_s=5, node_wait_s=1, on_round=lambda r, _: reports.append(r))
     np.testing.assert_allclose(final["conv.weight"].numpy(), 2 * (1.0 + 3.0))
-    assert visits == [1, 2, 3, 3, 2, 1]  # node ids first; then by the names the sites gave (site-7, -8, -9)
+    assert visits == [3, 2, 1, 3, 2, 1]  # by the names the sites gave when asked: site-7, site-8, site-9
+    assert sorted(queries) == [1, 2, 3]  # asked once, in round 1
     assert reports[0].rejected == {"train/site-8": "array conv.weight: non-finite values"}
     assert reports[0].train_metrics["train_loss"] == pytest.approx((1 * 1 + 3 * 3) / 4)
     assert reports[0].required_train_s == 2.0  # the two accepted sites' training, one after the other

@@ -1,6 +1,6 @@
 """Cyclic weight transfer (Chang et al., JAMIA 2018): in each round the model visits the sites one after
 another, each training it further from where the previous site left it, and the last accepted site's model is
-the round's global model.
+the round's global model. Sites are visited in the order of their pseudonymous names.
 
 Why: at an equal number of epochs FedAvg's mean moves about as far as one site's training, while the steps of
 a relay add up like centralised training's. The price is no parallelism: a round lasts the sum of the sites'
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from server.strategies.screening import ScreenedStrategy, cast_like
@@ -22,16 +22,27 @@ Exchange = Callable[[list[Message]], list[Message]]
 
 
 class CyclicWeightTransfer(ScreenedStrategy, FlowerFedAvg):
-    """Sites train in turn within a round, in the order of their pseudonymous names (node-id order until a
-    site's first reply names it); only weights and scalar metrics travel, as with FedAvg.
+    """Sites train in turn within a round, in the order of their pseudonymous names; only weights and scalar
+    metrics travel, as with FedAvg.
     """
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.site_names: dict[int, str] = {}
+        self.asked: set[int] = set()
 
-    def visiting_order(self, messages: Iterable[Message]) -> list[Message]:
-        """The round's train messages in visiting order: by site name, unnamed nodes after, by node id."""
+    def visiting_order(self, messages: Iterable[Message], exchange: Exchange) -> list[Message]:
+        """The round's train messages in visiting order: by site name (asked once per node with a query
+        message, so reruns and resumed runs visit in the same order); nodes that do not tell go last, by node id.
+        """
+        messages = list(messages)
+        unasked = [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in self.asked]
+        if unasked:
+            self.asked.update(unasked)
+            for reply in exchange([Message(RecordDict(), node, MessageType.QUERY) for node in unasked]):
+                if not reply.has_error():
+                    self.site_names[reply.metadata.src_node_id] = site_name(reply)
+
         def key(message: Message) -> tuple[str, int]:
             node = message.metadata.dst_node_id
             return self.site_names.get(node, "\uffff"), node
@@ -45,12 +56,11 @@ class CyclicWeightTransfer(ScreenedStrategy, FlowerFedAvg):
         if self.global_arrays is None:
             raise RuntimeError("relay called before configure_train: no global model to start from")
         arrays, replies = self.global_arrays, []
-        for message in self.visiting_order(messages):
+        for message in self.visiting_order(messages, exchange):
             content = RecordDict({self.arrayrecord_key: arrays,
                                   self.configrecord_key: message.content[self.configrecord_key]})
             for reply in exchange([Message(content, message.metadata.dst_node_id, message.metadata.message_type)]):
                 replies.append(reply)
-                self.site_names[reply.metadata.src_node_id] = site_name(reply)
                 if reply_problem(reply, self.global_arrays) is None:
                     arrays = reply.content[self.arrayrecord_key]
         return replies
