@@ -16,7 +16,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from server.strategies import ScreenedStrategy
-from server.strategies.cyclic import CyclicWeightTransfer
 from server.strategies.privacy import PrivateStrategy
 from server.validation import Screened, site_name
 
@@ -26,11 +25,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class RoundReport:
     """What happened in one round; ``seconds`` covers training and evaluation, ``train_phase_s`` training only;
-    ``relay``: the sites trained one after another (strategy=cyclic), not at once.
+    ``sequential``: the sites trained one after another (strategy=cyclic), not at once.
     """
 
     server_round: int
-    relay: bool = False
+    sequential: bool = False
     seconds: float = 0.0
     train_phase_s: float = 0.0
     bytes_sent: int = 0
@@ -49,11 +48,14 @@ class RoundReport:
         return max((m.get("train_seconds", 0.0) for m in self.site_train.values()), default=0.0)
 
     @property
+    def site_train_total_s(self) -> float:
+        """All accepted sites' training time added up."""
+        return sum(m.get("train_seconds", 0.0) for m in self.site_train.values())
+
+    @property
     def required_train_s(self) -> float:
         """The training time the round cannot be shorter than: the slowest site's, or all sites' in a relay."""
-        if self.relay:
-            return sum(m.get("train_seconds", 0.0) for m in self.site_train.values())
-        return self.slowest_site_train_s
+        return self.site_train_total_s if self.sequential else self.slowest_site_train_s
 
 
 def wait_for_nodes(grid: Grid, minimum: int, wait_s: float) -> int:
@@ -103,13 +105,12 @@ def run_rounds(strategy: ScreenedStrategy | PrivateStrategy, grid: Grid, arrays:
     """Run rounds ``first_round..last_round`` from ``arrays``; returns the final global arrays."""
     for server_round in range(first_round, last_round + 1):
         log.info("round %d/%d", server_round, last_round)
-        report = RoundReport(server_round, relay=isinstance(strategy, CyclicWeightTransfer))
+        report = RoundReport(server_round, sequential=strategy.sequential)
         start = time.perf_counter()
         wait_for_nodes(grid, strategy.min_available_nodes, node_wait_s)
         messages = list(strategy.configure_train(server_round, arrays, train_config, grid))
         exchange = partial(_exchange, grid, timeout_s=timeout_s, report=report)
-        # A relay sends to one site after another, each continuing the last one's model; others send at once.
-        replies = strategy.relay(server_round, messages, exchange) if report.relay else exchange(messages)
+        replies = strategy.send_train(server_round, messages, exchange)
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is None:
             log.warning("round %d: no usable training reply; the global model stays as it was", server_round)

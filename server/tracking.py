@@ -124,7 +124,7 @@ class Tracker:
             "round/seconds": report.seconds,
             "round/train_phase_s": report.train_phase_s,
             "round/slowest_site_train_s": report.slowest_site_train_s,
-            "round/site_train_total_s": sum(m.get("train_seconds", 0.0) for m in report.site_train.values()),
+            "round/site_train_total_s": report.site_train_total_s,
             "round/overhead_s": overhead_s,
             "round/overhead_fraction": overhead_s / report.train_phase_s if report.train_phase_s else 0.0,
             "round/bytes_sent": report.bytes_sent,

@@ -10,21 +10,21 @@ model the rejected site was sent), and a site that does not reply is skipped aft
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
-from server.strategies.screening import ScreenedStrategy, cast_like
+from server.strategies.screening import Exchange, ScreenedStrategy, cast_like
 from server.validation import reply_problem, screen_replies, site_name
-
-Exchange = Callable[[list[Message]], list[Message]]
 
 
 class CyclicWeightTransfer(ScreenedStrategy, FlowerFedAvg):
     """Sites train in turn within a round, in the order of their pseudonymous names; only weights and scalar
     metrics travel, as with FedAvg.
     """
+
+    sequential = True
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -49,12 +49,12 @@ class CyclicWeightTransfer(ScreenedStrategy, FlowerFedAvg):
 
         return sorted(messages, key=key)
 
-    def relay(self, server_round: int, messages: Iterable[Message], exchange: Exchange) -> list[Message]:
+    def send_train(self, server_round: int, messages: list[Message], exchange: Exchange) -> list[Message]:
         """Send the model to one site at a time (``exchange`` delivers a list of messages and returns the
         replies), each carrying the last usable reply's weights; returns every reply in visiting order.
         """
         if self.global_arrays is None:
-            raise RuntimeError("relay called before configure_train: no global model to start from")
+            raise RuntimeError("send_train called before configure_train: no global model to start from")
         arrays, replies = self.global_arrays, []
         for message in self.visiting_order(messages, exchange):
             content = RecordDict({self.arrayrecord_key: arrays,

@@ -29,7 +29,6 @@ from flwr.supercore.differential_privacy import compute_stdv
 from flwr.supercore.privacy_accounting import NeighboringRelation, SamplingMethod
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
-from server.strategies.cyclic import CyclicWeightTransfer
 from server.strategies.screening import ScreenedStrategy
 from server.validation import WEIGHT_KEY, screen_replies, site_name
 
@@ -92,6 +91,10 @@ class PrivateStrategy:
         if isinstance(strategy, FlowerFedAdam):
             raise ValueError("differential privacy noises the mean update; FedAdam's server optimiser would "
                              "reshape that noise: use strategy=fedavg or strategy=fedprox with privacy")
+        if strategy.sequential:
+            raise ValueError("privacy.clipping bounds and noises the mean of the sites' updates, but strategy=cyclic "
+                             "passes one site's model to the next; use strategy=fedavg or strategy=fedprox with "
+                             "differential privacy, or privacy.clipping=null")
         self.strategy = strategy
         self.settings = settings
         self.population = max(int(population), 1)
@@ -171,10 +174,6 @@ def with_privacy(strategy: ScreenedStrategy, section: Mapping[str, Any] | None,
     settings = PrivacySettings.from_config(section)
     if settings is None:
         return strategy
-    if isinstance(strategy, CyclicWeightTransfer):
-        raise ValueError("privacy.clipping bounds and noises the mean of the sites' updates, but strategy=cyclic "
-                         "passes one site's model to the next; use strategy=fedavg (or fedprox, fedadam) with "
-                         "differential privacy, or privacy.clipping=null")
     log.info("differential privacy: %s-side clipping at %g, noise multiplier %g", settings.clipping,
              settings.clipping_norm, settings.noise_multiplier)
     return PrivateStrategy(strategy, settings, population)

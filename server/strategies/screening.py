@@ -4,13 +4,15 @@ and expose the server optimiser state so a round checkpoint can resume it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from server.validation import Screened, screen_replies
+
+Exchange = Callable[[list[Message]], list[Message]]  # sends messages, returns the replies that came back
 
 
 def cast_like(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
@@ -26,10 +28,16 @@ class ScreenedStrategy:
     for tracking.
     """
 
+    sequential = False  # True: a round's sites train one after another (``send_train`` relays the model)
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.global_arrays: ArrayRecord | None = None
         self.screened: dict[str, Screened] = {}
+
+    def send_train(self, server_round: int, messages: list[Message], exchange: Exchange) -> list[Message]:
+        """Deliver the round's train instructions: to all sites at once."""
+        return exchange(messages)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
