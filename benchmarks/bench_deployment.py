@@ -87,7 +87,7 @@ def simulated(out: Path, overrides: list[str]) -> dict:
     """The same run through Flower's simulation engine (Ray), the same patients per virtual hospital (the
     server validates on the sites' two validation patients, which only the rounds' evaluation phase sees).
     """
-    from fedrt.config import compose
+    from configs.compose import compose
     from simulation.run import simulate
 
     uri = f"sqlite:///{out / 'simulation.db'}"

@@ -17,10 +17,12 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from client.clipping import clipping_when_asked
-from client.settings import SITE_METRICS, SitePlan, decode_plan
-from client.site import SiteData, data_path, load_site, round_seed, site_name
+from client.site import SiteData, data_path, load_site, round_seed
 from models import loop
 from models.weights import set_weights
+from wire.plan import SitePlan, decode_plan
+from wire.records import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PROXIMAL_MU, SERVER_ROUND, SITE, SITE_NAME
+from wire.sites import own_site_name
 
 OPTIMIZER_KEY = "fedrt-optimizer"  # the site's AdamW state in the node's Context.state; it never leaves the node
 
@@ -37,9 +39,9 @@ def _network(plan: SitePlan, arrays: ArrayRecord) -> nn.Module:
 
 
 def _reply(msg: Message, context: Context, metrics: dict[str, float], arrays: ArrayRecord | None = None) -> Message:
-    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": site_name(context)})})
+    content = RecordDict({METRICS: MetricRecord(metrics), SITE: ConfigRecord({SITE_NAME: own_site_name(context)})})
     if arrays is not None:
-        content["arrays"] = arrays
+        content[ARRAYS] = arrays
     return Message(content=content, reply_to=msg)
 
 
@@ -59,7 +61,7 @@ def _keep_optimizer(context: Context, plan: SitePlan, state: dict | None) -> Non
 
 
 def _site(msg: Message, context: Context, site_paths: Mapping[int, str] | None) -> tuple[SitePlan, SiteData]:
-    plan = decode_plan(msg.content["config"])
+    plan = decode_plan(msg.content[CONFIG])
     if plan.train.threads:
         torch.set_num_threads(plan.train.threads)
     return plan, load_site(data_path(context, site_paths), plan)
@@ -75,17 +77,17 @@ def make_client_app(site_paths: Mapping[int, str] | None = None) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         plan, data = _site(msg, context, site_paths)
-        network = _network(plan, msg.content["arrays"])
+        network = _network(plan, msg.content[ARRAYS])
         if not data.train:
-            return _reply(msg, context, {"num-examples": 0}, ArrayRecord(network.state_dict()))
-        config = msg.content["config"]
-        seed = round_seed(plan.train.seed, int(config["server-round"]), site_name(context))
-        settings = dataclasses.replace(plan.round_settings(int(config["server-round"])), seed=seed,
-                                       proximal_mu=float(config.get("proximal-mu", 0.0)))
-        result = loop.train(network, plan.task, data.train, settings, progress=False, label=site_name(context),
+            return _reply(msg, context, {NUM_EXAMPLES: 0}, ArrayRecord(network.state_dict()))
+        config = msg.content[CONFIG]
+        seed = round_seed(plan.train.seed, int(config[SERVER_ROUND]), own_site_name(context))
+        settings = dataclasses.replace(plan.round_settings(int(config[SERVER_ROUND])), seed=seed,
+                                       proximal_mu=float(config.get(PROXIMAL_MU, 0.0)))
+        result = loop.train(network, plan.task, data.train, settings, progress=False, label=own_site_name(context),
                             optimizer_state=_kept_optimizer(context, plan))
         _keep_optimizer(context, plan, result.optimizer_state)
-        metrics = {"num-examples": result.num_examples, "train_loss": result.loss,
+        metrics = {NUM_EXAMPLES: result.num_examples, "train_loss": result.loss,
                    "train_seconds": result.seconds, "train_steps": result.steps}
         return _reply(msg, context, metrics, ArrayRecord(network.state_dict()))
 
@@ -98,11 +100,11 @@ def make_client_app(site_paths: Mapping[int, str] | None = None) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         plan, data = _site(msg, context, site_paths)
         if not data.val:
-            return _reply(msg, context, {"num-examples": 0})
-        network = _network(plan, msg.content["arrays"])
+            return _reply(msg, context, {NUM_EXAMPLES: 0})
+        network = _network(plan, msg.content[ARRAYS])
         scores = loop.evaluate(network, plan.task, data.val)
-        metrics = {k: scores[k] for k in SITE_METRICS[plan.task.name]}
-        return _reply(msg, context, {**metrics, "num-examples": scores["num-examples"]})
+        metrics = {k: scores[k] for k in plan.task.site_metrics}
+        return _reply(msg, context, {**metrics, NUM_EXAMPLES: len(data.val)})
 
     return app
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from client.endpoint import Endpoint
-from client.identity import load_node_private_key
-from client.processes import exec_process, flower_environment, flower_executable, start_process
 from protocols.protocol import load_protocol
+from wire.endpoint import Endpoint
+from wire.identity import load_node_private_key
+from wire.processes import exec_process, flower_environment, flower_executable, start_process
+from wire.sites import DATA_CONFIG, NAME_CONFIG
 
 DEFAULT_RUNTIME_PORT = 9094
 RULE = "!" * 100
@@ -53,19 +54,17 @@ def _toml_string(key: str, value: str) -> str:
 
 def node_config(settings: NodeSettings) -> str:
     """The ``--node-config`` string: the dataset folder, the protocol and (when set) the site's name."""
-    pairs = [_toml_string("data-path", str(settings.data.expanduser().resolve())),
+    pairs = [_toml_string(DATA_CONFIG, str(settings.data.expanduser().resolve())),
              _toml_string("protocol", settings.protocol)]
     if settings.site_name:
-        pairs.append(_toml_string("site-name", settings.site_name))
+        pairs.append(_toml_string(NAME_CONFIG, settings.site_name))
     return " ".join(pairs)
 
 
 def check_node_settings(settings: NodeSettings) -> None:
     """Fail fast, naming the file and the fix, on what would make the SuperNode exit or retry forever."""
     if settings.insecure:
-        if not settings.superlink.is_loopback:
-            raise ValueError(f"--insecure connects to this machine only (127.0.0.1 or localhost), not "
-                             f"{settings.superlink.host}: without TLS the traffic could be read on the network")
+        settings.superlink.require_loopback("--insecure")
     else:
         if settings.ca is None or not settings.ca.is_file():
             raise FileNotFoundError(f"CA certificate {settings.ca} not found; give --ca with the federation's "
@@ -103,7 +102,7 @@ def _environment(settings: NodeSettings) -> dict[str, str]:
 
 
 def start_supernode(settings: NodeSettings, log_path: Path) -> subprocess.Popen:
-    """Start the SuperNode in the background (own process group); stop it with ``client.processes.stop_process``."""
+    """Start the SuperNode in the background (own process group); stop it with ``wire.processes.stop_process``."""
     check_node_settings(settings)
     return start_process(supernode_command(settings), _environment(settings), log_path)
 

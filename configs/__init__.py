@@ -1,1 +1,1 @@
-"""Hydra configuration for every fedrt command (composed with ``fedrt.config.compose``)."""
+"""Hydra configuration for every fedrt command (composed with ``configs.compose.compose``)."""

@@ -1,3 +1,5 @@
 """fedrt: federated learning for radiation therapy."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("fedrt")

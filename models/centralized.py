@@ -12,8 +12,9 @@ from models import loop
 from models.checkpoint import save_checkpoint
 from models.config import ModelConfig, TrainConfig, from_mapping
 from models.tasks import Task, make_task
+from protocols.errors import ConfigError
 from protocols.protocol import load_protocol
-from protocols.splits import DataSplit, load_split
+from protocols.splits import DataConfig, DataSplit, load_split
 
 
 @dataclass
@@ -26,20 +27,28 @@ class TrainingOutcome:
 
 
 def task_from_config(config: DictConfig) -> Task:
+    """The run's task on its protocol and network; a patch the network cannot halve is an error."""
     model = from_mapping(ModelConfig, OmegaConf.to_container(config.model, resolve=True))
     for size in model.patch:
         if size % model.divisor:
-            raise ValueError(f"model.patch {list(model.patch)} must be multiples of {model.divisor} "
+            raise ConfigError(f"model.patch {list(model.patch)} must be multiples of {model.divisor} "
                              f"(one halving per stride in model.strides)")
     return make_task(config.task.name, load_protocol(config.protocol), model)
 
 
 def train_config(config: DictConfig) -> TrainConfig:
+    """The typed ``train`` section, seeded with the run's seed."""
     return from_mapping(TrainConfig, {**OmegaConf.to_container(config.train, resolve=True), "seed": config.seed})
 
 
+def data_config(config: DictConfig) -> DataConfig:
+    """The typed ``data`` section: where the patients are and which of them the run uses."""
+    return DataConfig.from_mapping(OmegaConf.to_container(config.data, resolve=True))
+
+
 def load_data(config: DictConfig, task: Task) -> DataSplit:
-    return load_split(OmegaConf.to_container(config.data, resolve=True), task.protocol, config.policy, config.seed)
+    """The usable cases of the run's selected patients."""
+    return load_split(data_config(config), task.protocol, config.policy, config.seed)
 
 
 def default_output(task_name: str) -> Path:

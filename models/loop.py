@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,9 @@ from models import encoding
 from models.augment import class_indices, dataset_class_ratios, foreground_indices, training_transform
 from models.config import TrainConfig
 from models.tasks import Prepared, Task
+from models.tasks.base import Prediction
 from protocols.case import Case
+from protocols.errors import ConfigError, DataError
 
 
 @dataclass
@@ -81,13 +84,13 @@ def learning_rate(config: TrainConfig, progress: float) -> float:
         return config.lr
     if config.schedule == "cosine":
         return config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-    raise ValueError(f"unknown train.schedule {config.schedule!r}; choose cosine or constant")
+    raise ConfigError(f"unknown train.schedule {config.schedule!r}; choose cosine or constant")
 
 
 def autocast(precision: str) -> torch.autocast:
     """The arithmetic of training: fp32, or bfloat16 autocast (weights, optimiser and loss stay fp32)."""
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"unknown train.precision {precision!r}; choose fp32 or bf16")
+        raise ConfigError(f"unknown train.precision {precision!r}; choose fp32 or bf16")
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
@@ -102,7 +105,7 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
     ``optimizer_state`` (an earlier result's) continues AdamW's moments instead of starting them at zero.
     """
     if not prepared:
-        raise ValueError("no training cases: check data.root and the validation report (fedrt data check)")
+        raise DataError("no training cases: check data.root and the validation report (fedrt data check)")
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -165,7 +168,7 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
 
 
 @torch.no_grad()
-def predict(network: nn.Module, task: Task, case: Case):
+def predict(network: nn.Module, task: Task[Prediction, Any], case: Case) -> Prediction:
     """Predict one case on its native grid: sliding-window inference at the model's resolution, resampled back."""
     crop = task.crop(case)
     image = encoding.to_working(task.inputs(case), crop)
@@ -182,9 +185,9 @@ def predict(network: nn.Module, task: Task, case: Case):
 
 
 def evaluate(network: nn.Module, task: Task, cases: Iterable[Case], progress: bool = False) -> dict[str, float]:
-    """The task's metrics over the cases, each predicted on its native grid, plus ``num-examples``."""
+    """The task's metrics over the cases, each predicted on its native grid."""
     scores = [task.score(case, predict(network, task, case))
               for case in tqdm(list(cases), desc=f"evaluate {task.name}", disable=not progress, leave=False)]
     if not scores:
-        raise ValueError("no cases to evaluate on")
-    return {**task.summarize(scores), "num-examples": float(len(scores))}
+        raise DataError("no cases to evaluate on: check data.root and the validation report (fedrt data check)")
+    return task.summarize(scores)

@@ -15,11 +15,12 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedrt.config import compose
+from configs.compose import compose
 from server.app import make_server_app
 from server.federation import FederationOutcome, open_run
 from server.rounds import RoundReport
 from server.tracking import Tracker
+from wire.records import NUM_EXAMPLES
 
 OVERRIDES_KEY = "overrides"
 APP_NAME = "fedrt"
@@ -69,7 +70,7 @@ def round_summary(report: RoundReport, rounds: int) -> str:
     """One line per finished round: loss, server and site scores, time, sites answering, rejections."""
     loss = report.train_metrics.get("train_loss", float("nan"))
     scores = report.server_metrics or report.evaluate_metrics
-    shown = " ".join(f"{k}={v:.4f}" for k, v in scores.items() if k != "num-examples" and not k.startswith("hd95"))
+    shown = " ".join(f"{k}={v:.4f}" for k, v in scores.items() if k != NUM_EXAMPLES and not k.startswith("hd95"))
     rejected = f", rejected: {'; '.join(f'{k} ({v})' for k, v in report.rejected.items())}" if report.rejected else ""
     return (f"fedrt round {report.server_round}/{rounds}: train_loss={loss:.4f} {shown} ({report.seconds:.1f} s, "
             f"{len(report.site_train)} sites trained: {', '.join(sorted(report.site_train)) or 'none'}{rejected})")

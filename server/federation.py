@@ -18,20 +18,21 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
-from client.settings import PLAN_KEY, encode_plan
 from models import loop
-from models.centralized import task_from_config, train_config
+from models.centralized import data_config, task_from_config, train_config
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.tasks import Task
 from models.weights import set_weights
 from protocols.case import Case
 from protocols.phantom import phantom_protocol
 from protocols.protocol import Protocol
-from server.data import load_cases, patient_folders
+from protocols.splits import load_cases, select_patients
 from server.rounds import RoundReport, run_rounds
 from server.strategies import ScreenedStrategy, build_strategy
 from server.strategies.privacy import PrivateStrategy, with_privacy
 from server.tracking import CHECKPOINT_FILE, Tracker, model_name
+from wire.plan import encode_plan
+from wire.records import NUM_EXAMPLES, PLAN
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def site_plan(config: DictConfig, task: Task) -> str:
     """
     local = dataclasses.replace(train_config(config), epochs=int(config.federation.local_epochs))
     return encode_plan(task.name, data_protocol(config, task.protocol), task.model_config, local, config.policy,
-                       OmegaConf.to_container(config.data, resolve=True), int(config.rounds),
+                       data_config(config), int(config.rounds),
                        bool(config.federation.keep_optimizer_state))
 
 
@@ -153,10 +154,10 @@ def run_federation(grid: Grid, config: DictConfig, tracker: Tracker) -> Federati
                                            train_nodes, evaluate_nodes, float(config.federation.fraction_evaluate)),
                             OmegaConf.to_container(config.privacy, resolve=True), int(config.num_sites))
     rounds = int(config.rounds)
-    plan = ConfigRecord({PLAN_KEY: site_plan(config, task)})
+    plan = ConfigRecord({PLAN: site_plan(config, task)})
     evaluate_fn = None
     if config.federation.server_eval:
-        folders = patient_folders(OmegaConf.to_container(config.data, resolve=True), task.protocol, config.seed)
+        folders = select_patients(data_config(config), task.protocol, config.seed)
         cases = load_cases(folders.val, folders.protocol, config.policy)
         if cases:
             evaluate_fn = server_evaluator(task, cases, int(config.federation.server_eval_every), rounds)
@@ -202,5 +203,5 @@ def _last_scores(reports: list[RoundReport]) -> dict[str, Any]:
     for report in reversed(reports):
         scores = report.server_metrics or report.evaluate_metrics
         if scores:
-            return {k: v for k, v in scores.items() if k != "num-examples"}
+            return {k: v for k, v in scores.items() if k != NUM_EXAMPLES}
     return {}

@@ -6,7 +6,6 @@ Flower configuration file is needed.
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +14,13 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.proto.control_pb2 import ListNodesRequest, RegisterNodeRequest, UnregisterNodeRequest
-from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.error import FlowerError
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
-from client.endpoint import Endpoint
-from client.identity import key_fingerprint
-from client.preflight import connection_failure
+from wire.connection import connection_failure
+from wire.control import control_client
+from wire.endpoint import Endpoint
+from wire.identity import key_fingerprint
 
 NIST_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 _FIXES = {
@@ -72,12 +71,8 @@ class SuperLinkControl:
     """A connection to a running SuperLink's Control API over TLS, verified with the federation's CA."""
 
     def __init__(self, endpoint: Endpoint, ca: Path | None, insecure: bool = False, timeout_s: float = 30.0):
-        if not insecure and (ca is None or not Path(ca).is_file()):
-            raise FileNotFoundError(f"CA certificate {ca} not found; give --ca with the ca.crt from `fedrt certs init`")
         self.endpoint, self.ca, self.insecure = endpoint, ca, insecure
-        self._client = ControlHttpClient(f"{'http' if insecure else 'https'}://{endpoint}", timeout=timeout_s,
-                                         verify=False if insecure else ssl.create_default_context(
-                                             cafile=str(Path(ca).resolve())))
+        self._client = control_client(endpoint, ca, insecure, timeout_s)
 
     def __enter__(self) -> SuperLinkControl:
         return self

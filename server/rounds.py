@@ -17,7 +17,8 @@ from flwr.serverapp import Grid
 
 from server.strategies import ScreenedStrategy
 from server.strategies.privacy import PrivateStrategy
-from server.validation import Screened, site_name
+from server.validation import Screened
+from wire.sites import reply_site_name
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def _array_bytes(messages: Iterable[Message]) -> int:
 def _site_metrics(screened: Screened | None) -> dict[str, dict[str, float]]:
     if screened is None:
         return {}
-    return {site_name(m): {k: float(v) for k, v in next(iter(m.content.metric_records.values())).items()
+    return {reply_site_name(m): {k: float(v) for k, v in next(iter(m.content.metric_records.values())).items()
                            if not isinstance(v, list)} for m in screened.accepted}
 
 

@@ -6,7 +6,6 @@ how it ended. The submitted Flower app names the installed fedrt's apps and inst
 from __future__ import annotations
 
 import hashlib
-import ssl
 import sys
 import tempfile
 import time
@@ -21,9 +20,10 @@ from flwr.proto.control_pb2 import ListRunsRequest, StartRunRequest, StreamLogsR
 from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.fab import Fab
 
-from client.endpoint import Endpoint
-from client.preflight import connection_failure
 from server.deployed import OVERRIDES_KEY, encode_overrides, write_app_definition
+from wire.connection import connection_failure
+from wire.control import control_client
+from wire.endpoint import Endpoint
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,6 @@ def build_app_fab() -> Fab:
     return Fab(hashlib.sha256(content).hexdigest(), content, {})
 
 
-def _client(endpoint: Endpoint, ca: Path | None, insecure: bool) -> ControlHttpClient:
-    if not insecure and (ca is None or not Path(ca).is_file()):
-        raise FileNotFoundError(f"CA certificate {ca} not found; give --ca with the ca.crt from `fedrt certs init`")
-    verify = False if insecure else ssl.create_default_context(cafile=str(Path(ca).resolve()))
-    return ControlHttpClient(f"{'http' if insecure else 'https'}://{endpoint}", timeout=30.0, verify=verify)
-
-
 def _status(client: ControlHttpClient, run_id: int) -> RunResult:
     run = client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]
     return RunResult(run_id, run.status.status, run.status.sub_status, run.status.details)
@@ -66,7 +59,7 @@ def submit_run(endpoint: Endpoint, ca: Path | None, overrides: list[str], insecu
     the ServerApp's output to ``out`` (default: stdout) until the run finishes, and return how it ended.
     """
     out = out or sys.stdout
-    client = _client(endpoint, ca, insecure)
+    client = control_client(endpoint, ca, insecure)
     try:
         request = StartRunRequest(fab=fab_to_proto(build_app_fab()),
                                   override_config=user_config_to_proto({OVERRIDES_KEY: encode_overrides(overrides)}))

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from client.endpoint import Endpoint
-from client.identity import certificate_names
-from client.processes import exec_process, flower_environment, flower_executable, start_process
 from server.certs import ServerFiles, verify_server_files
+from wire.endpoint import Endpoint
+from wire.identity import certificate_names
+from wire.processes import exec_process, flower_environment, flower_executable, start_process
 
 DEFAULT_PORT = 9092
 DEFAULT_HOST = "0.0.0.0"
@@ -61,9 +61,7 @@ def insecure_banner(settings: SuperLinkSettings) -> str:
 def check_settings(settings: SuperLinkSettings) -> list[str]:
     """Refuse settings that would be unsafe or cannot work; return the notes worth printing at start."""
     if settings.insecure:
-        if not Endpoint(settings.host, settings.port).is_loopback:
-            raise ValueError(f"--insecure binds to loopback only (127.0.0.1, ::1 or localhost), not {settings.host}: "
-                             "without TLS and node authentication the server must not be reachable from a network")
+        Endpoint(settings.host, settings.port).require_loopback("--insecure")
         return [insecure_banner(settings)]
     if settings.certs_dir is None:
         raise ValueError("give --certs DIR (created with `fedrt certs init --out DIR --host NAME`), or --insecure for "
@@ -97,7 +95,7 @@ def prepare_state(settings: SuperLinkSettings) -> None:
 
 
 def start_superlink(settings: SuperLinkSettings, console_log: Path | None = None) -> subprocess.Popen:
-    """Start the SuperLink in the background (own process group); stop it with ``client.processes.stop_process``."""
+    """Start the SuperLink in the background (own process group); stop it with ``wire.processes.stop_process``."""
     check_settings(settings)
     prepare_state(settings)
     return start_process(superlink_command(settings), flower_environment(settings.flwr_home),

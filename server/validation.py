@@ -7,10 +7,8 @@ differ from the other sites', or no examples. The round goes on with the accepte
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,11 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-log = logging.getLogger(__name__)
+from wire.records import NUM_EXAMPLES
+from wire.sites import reply_site_name
 
-WEIGHT_KEY = "num-examples"
-SITE_RECORD = "site"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,17 +28,6 @@ class Screened:
 
     accepted: list[Message] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
-
-
-def site_name(reply: Message) -> str:
-    """The pseudonymous site name a reply reports, or a name derived from its node id."""
-    if not reply.has_error():
-        record = reply.content.config_records.get(SITE_RECORD)
-        name = str(record.get("name", "")) if record is not None else ""
-        if _SAFE_NAME.match(name):
-            return name
-    digest = hashlib.sha256(str(reply.metadata.src_node_id).encode()).hexdigest()[:8]
-    return f"node-{digest}"
 
 
 def _array_problem(arrays: ArrayRecord, reference: ArrayRecord) -> str | None:
@@ -73,9 +59,9 @@ def reply_problem(reply: Message, reference: ArrayRecord | None) -> str | None:
         values = value if isinstance(value, list) else [value]
         if not all(math.isfinite(v) for v in values):
             return f"metric {key} is not finite"
-    examples = metrics.get(WEIGHT_KEY)
+    examples = metrics.get(NUM_EXAMPLES)
     if not isinstance(examples, int | float) or examples <= 0:
-        return f"zero examples ({WEIGHT_KEY}={examples})"
+        return f"zero examples ({NUM_EXAMPLES}={examples})"
     if reference is not None:
         if len(content.array_records) != 1:
             return f"expected one ArrayRecord, got {len(content.array_records)}"
@@ -97,7 +83,7 @@ def screen_replies(replies: Iterable[Message], reference: ArrayRecord | None, ph
     screened = Screened()
     candidates: list[tuple[str, Message]] = []
     for reply in replies:
-        name = site_name(reply)
+        name = reply_site_name(reply)
         problem = reply_problem(reply, reference)
         if name in screened.rejected or any(name == n for n, _ in candidates):
             name, problem = f"{name} (node {reply.metadata.src_node_id})", "another reply uses the same site name"

@@ -18,11 +18,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from models import loop
-from models.centralized import task_from_config, train_config
+from models.centralized import data_config, task_from_config, train_config
 from models.config import TrainConfig
 from models.tasks import Prepared, Task
 from protocols.case import Case
-from server.data import load_cases, patient_folders
+from protocols.errors import ConfigError
+from protocols.splits import load_cases, select_patients
 from server.federation import scenario_name
 from server.tracking import Tracker
 from simulation.partition import partition
@@ -77,9 +78,9 @@ def run_baselines(config: DictConfig, kinds: tuple[str, ...] = KINDS, progress: 
     """Train and score the centralised and/or local-only baselines of the config's scenario."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
-        raise ValueError(f"unknown baseline kind(s) {unknown}; choose from {list(KINDS)}")
+        raise ConfigError(f"unknown baseline kind(s) {unknown}; choose from {list(KINDS)}")
     task = task_from_config(config)
-    folders = patient_folders(OmegaConf.to_container(config.data, resolve=True), task.protocol, int(config.seed))
+    folders = select_patients(data_config(config), task.protocol, int(config.seed))
     train_parts, _ = partition(folders, OmegaConf.to_container(config.partition, resolve=True),
                                int(config.num_sites), int(config.seed))
     val = load_cases(folders.val, folders.protocol, config.policy)

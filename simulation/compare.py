@@ -8,13 +8,10 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
-from client.settings import SITE_METRICS
-from models.tasks import DoseTask, SegTask
+from models.tasks import task_class
 from server.federation import scenario_name
 from server.tracking import Tracker, find_runs
-
-HIGHER_IS_BETTER = {"dose": DoseTask.higher_is_better, "seg": SegTask.higher_is_better}
-PRIMARY = {"dose": DoseTask.primary_metric, "seg": SegTask.primary_metric}
+from wire.records import NUM_EXAMPLES
 
 
 @dataclass
@@ -34,12 +31,13 @@ def _row(run) -> Row:
     kind = tags["fedrt.kind"]
     if kind == "federated":
         model = f"federated {tags.get('fedrt.strategy', '')}".strip()
-        cases = sum(int(v) for k, v in metrics.items() if k.startswith("site/") and k.endswith("/train/num-examples"))
+        site_cases = f"/train/{NUM_EXAMPLES}"
+        cases = sum(int(v) for k, v in metrics.items() if k.startswith("site/") and k.endswith(site_cases))
     else:
         model = f"{kind} {tags.get('fedrt.site', '')}".strip()
         cases = int(metrics.get("train/cases", 0))
     minutes = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 60000
-    scores = {k[4:]: v for k, v in metrics.items() if k.startswith("val/") and k != "val/num-examples"}
+    scores = {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}
     return Row(model, kind, run.info.run_id, cases, minutes, scores)
 
 
@@ -56,8 +54,8 @@ def comparison_rows(config: DictConfig) -> list[Row]:
 
 def markdown_table(rows: list[Row], task: str) -> str:
     """Headline scores per model and the primary score relative to the centralised model."""
-    metrics = SITE_METRICS[task]
-    primary = PRIMARY[task]
+    kind = task_class(task)
+    metrics, primary = kind.site_metrics, kind.primary_metric
     central = next((r.scores.get(primary) for r in rows if r.kind == "centralized"), None)
     head = ["model", "training cases", *metrics, f"{primary} / centralized", "wall minutes", "MLflow run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -66,7 +64,7 @@ def markdown_table(rows: list[Row], task: str) -> str:
         values = [f"{r.scores[m]:.4f}" if m in r.scores else "-" for m in metrics]
         lines.append("| " + " | ".join([r.model, str(r.cases), *values, ratio, f"{r.minutes:.1f}",
                                         r.run_id[:8]]) + " |")
-    better = "higher" if HIGHER_IS_BETTER[task] else "lower"
+    better = "higher" if kind.higher_is_better else "lower"
     lines.append(f"\n{primary}: {better} is better; every model scored on the same validation cases.")
     return "\n".join(lines) + "\n"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from server.data import PatientFolders
+from protocols.splits import PatientSelection
 
 PARTITIONERS = ("iid", "skew", "sites")
 
@@ -86,7 +86,7 @@ def _explicit(folders: list[Path], lists: list[list[str]], num_sites: int, what:
     return out
 
 
-def partition(folders: PatientFolders, spec: dict[str, Any], num_sites: int,
+def partition(folders: PatientSelection, spec: dict[str, Any], num_sites: int,
               seed: int) -> tuple[list[list[Path]], list[list[Path]]]:
     """Training and validation patient folders per site (validation patients split in the same shares)."""
     name = spec.get("name")

@@ -14,9 +14,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from client.app import make_client_app
+from models.centralized import data_config
 from protocols.protocol import load_protocol
+from protocols.splits import select_patients
 from server.app import make_server_app
-from server.data import patient_folders
 from server.federation import FederationOutcome, open_run
 from simulation.partition import VirtualSite, partition, write_sites
 
@@ -38,11 +39,11 @@ class SimulationOutcome:
 
 def virtual_sites(config: DictConfig, dst: Path) -> list[VirtualSite]:
     """Partition the run's patients over ``num_sites`` hospitals and link each one's folder under ``dst``."""
-    data = OmegaConf.to_container(config.data, resolve=True)
-    folders = patient_folders(data, load_protocol(config.protocol), int(config.seed))
+    data = data_config(config)
+    folders = select_patients(data, load_protocol(config.protocol), int(config.seed))
     train, val = partition(folders, OmegaConf.to_container(config.partition, resolve=True), int(config.num_sites),
                            int(config.seed))
-    return write_sites(dst, train, val, data["train_split"], data["val_split"])
+    return write_sites(dst, train, val, data.train_split, data.val_split)
 
 
 def backend_config(config: DictConfig) -> dict:

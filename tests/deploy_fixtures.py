@@ -20,13 +20,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.endpoint import Endpoint
-from client.processes import descendants, stop_process, wait_until_listening
 from client.supernode import NodeSettings, start_supernode
 from fedrt.commands import run as run_command
 from server.certs import create_node_keys, init_certificates
 from server.nodes import SuperLinkControl
 from server.superlink import SuperLinkSettings, start_superlink
+from wire.endpoint import Endpoint
+from wire.processes import descendants, stop_process, wait_until_listening
 
 
 def free_port() -> int:

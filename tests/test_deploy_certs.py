@@ -12,7 +12,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.identity import certificate_names, key_fingerprint, load_node_private_key
 from fedrt.commands import certs as certs_command
 from server.certs import (
     ServerFiles,
@@ -22,6 +21,7 @@ from server.certs import (
     verify_server_files,
 )
 from server.nodes import load_node_public_key
+from wire.identity import certificate_names, key_fingerprint, load_node_private_key
 
 
 def _mode(path) -> int:

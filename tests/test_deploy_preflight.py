@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from deploy_fixtures import LoopbackServer, free_port, write_pem
 
-from client.endpoint import Endpoint
 from client.preflight import check_dataset, check_network, check_tls, run_preflight
 from client.supernode import NodeSettings, check_node_settings, node_config, supernode_command
 from fedrt.commands import node as node_command
 from server.certs import create_node_keys, init_certificates, load_ca, make_ca, make_server_certificate
+from wire.endpoint import Endpoint
 
 NOW = dt.datetime.now(dt.UTC)
 

@@ -14,6 +14,7 @@ from deploy_fixtures import fedrt_run, free_port
 from server.deployed import decode_overrides, encode_overrides, round_summary
 from server.rounds import RoundReport
 from server.submit import build_app_fab
+from wire.records import NUM_EXAMPLES
 
 
 def test_submitted_app_names_fedrts_installed_apps_and_installs_nothing():
@@ -39,12 +40,12 @@ def test_overrides_round_trip_through_the_run_config_and_bad_values_are_refused(
 
 def test_round_summary_names_scores_sites_and_rejections():
     report = RoundReport(2, seconds=12.34, train_metrics={"train_loss": 0.5},
-                         server_metrics={"dose_score": 3.25, "num-examples": 1.0},
+                         server_metrics={"dose_score": 3.25, NUM_EXAMPLES: 1.0},
                          site_train={"site-b": {}, "site-a": {}}, rejected={"train/site-c": "non-finite weights"})
     line = round_summary(report, 3)
     assert line.startswith("fedrt round 2/3: train_loss=0.5000 dose_score=3.2500 (12.3 s, 2 sites trained: "
                            "site-a, site-b")
-    assert "rejected: train/site-c (non-finite weights)" in line and "num-examples" not in line
+    assert "rejected: train/site-c (non-finite weights)" in line and NUM_EXAMPLES not in line
 
 
 def test_bad_override_is_refused_before_anything_is_submitted(tmp_path):

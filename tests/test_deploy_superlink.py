@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from deploy_fixtures import free_port, listening_sockets
 
-from client.endpoint import Endpoint
 from client.preflight import check_node_key, check_tls
-from client.processes import start_process, stop_process, wait_until_listening
 from client.supernode import NodeSettings, start_supernode
 from fedrt.commands import server as server_command
 from server.certs import create_node_keys, init_certificates
 from server.nodes import ControlError, SuperLinkControl
 from server.superlink import SuperLinkSettings, check_settings, start_superlink, superlink_command
+from wire.endpoint import Endpoint
+from wire.processes import start_process, stop_process, wait_until_listening
 
 
 @dataclass

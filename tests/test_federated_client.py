@@ -15,13 +15,15 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import OPTIMIZER_KEY, make_client_app
-from client.settings import PLAN_KEY, decode_plan
-from client.site import data_path, round_seed, site_name
-from fedrt.config import compose
-from models.centralized import task_from_config
-from server.data import patient_folders
+from client.site import data_path, round_seed
+from configs.compose import compose
+from models.centralized import data_config, task_from_config
+from protocols.splits import select_patients
 from server.federation import site_plan
 from simulation.partition import write_sites
+from wire.plan import decode_plan
+from wire.records import NUM_EXAMPLES, PLAN
+from wire.sites import own_site_name
 
 OVERRIDES = ["preset=smoke", "data.phantoms=4", "data.val_fraction=0.5", "federation.local_epochs=1",
              "train.steps_per_epoch=2"]
@@ -39,7 +41,7 @@ def hospital(tmp_path_factory):
     """A hospital's dataset folder (one training, one validation phantom) and the run's plan and task."""
     config = compose(OVERRIDES)
     task = task_from_config(config)
-    folders = patient_folders(dict(config.data), task.protocol, config.seed)
+    folders = select_patients(data_config(config), task.protocol, config.seed)
     (site,) = write_sites(tmp_path_factory.mktemp("hospital") / "sites", [folders.train[:1]], [folders.val[:1]])
     return site.path, site_plan(config, task), ArrayRecord(task.build_network().state_dict())
 
@@ -49,7 +51,7 @@ def context(node_config: dict) -> Context:
 
 
 def instruction(kind: str, arrays: ArrayRecord, plan: str) -> Message:
-    return Message(RecordDict({"arrays": arrays, "config": ConfigRecord({PLAN_KEY: plan, "server-round": 1})}),
+    return Message(RecordDict({"arrays": arrays, "config": ConfigRecord({PLAN: plan, "server-round": 1})}),
                    42, kind)
 
 
@@ -62,8 +64,8 @@ def test_train_replies_with_weights_scalar_metrics_and_a_pseudonym_only(hospital
     assert set(reply.content) == {"arrays", "metrics", "site"}
     assert dict(reply.content["site"]) == {"name": "hospital-a"}
     metrics = reply.content["metrics"]
-    assert set(metrics) == {"num-examples", "train_loss", "train_seconds", "train_steps"}
-    assert metrics["num-examples"] == 1 and metrics["train_steps"] == 2 and np.isfinite(metrics["train_loss"])
+    assert set(metrics) == {NUM_EXAMPLES, "train_loss", "train_seconds", "train_steps"}
+    assert metrics[NUM_EXAMPLES] == 1 and metrics["train_steps"] == 2 and np.isfinite(metrics["train_loss"])
     sent, got = message.content["arrays"], reply.content["arrays"]
     assert list(got) == list(sent)
     assert any(not np.array_equal(got[k].numpy(), sent[k].numpy()) for k in sent)
@@ -139,8 +141,8 @@ def test_evaluate_reports_the_tasks_site_metrics_on_local_validation_cases(hospi
     path, plan, global_model = hospital
     reply = make_client_app()(instruction(MessageType.EVALUATE, global_model, plan), context({"data-path": str(path)}))
     assert set(reply.content) == {"metrics", "site"}
-    assert set(reply.content["metrics"]) == {"dose_score", "dvh_score", "num-examples"}
-    assert reply.content["metrics"]["num-examples"] == 1
+    assert set(reply.content["metrics"]) == {"dose_score", "dvh_score", NUM_EXAMPLES}
+    assert reply.content["metrics"][NUM_EXAMPLES] == 1
 
 
 def test_a_node_without_data_path_is_told_how_to_start():
@@ -150,15 +152,15 @@ def test_a_node_without_data_path_is_told_how_to_start():
 
 
 def test_site_names_and_seeds_are_stable_pseudonyms():
-    assert site_name(context({"partition-id": 3})) == "site-3"
-    assert site_name(context({})).startswith("node-") and "42" not in site_name(context({}))
+    assert own_site_name(context({"partition-id": 3})) == "site-3"
+    assert own_site_name(context({})).startswith("node-") and "42" not in own_site_name(context({}))
     assert round_seed(0, 2, "site-1") == round_seed(0, 2, "site-1")
     assert len({round_seed(0, r, s) for r in (1, 2) for s in ("site-0", "site-1")}) == 4
 
 
 def test_the_learning_rate_schedule_runs_over_the_rounds_and_is_constant_within_one():
     config = compose([*OVERRIDES, "rounds=4", "train.lr=0.01"])
-    plan = decode_plan(ConfigRecord({PLAN_KEY: site_plan(config, task_from_config(config))}))
+    plan = decode_plan(ConfigRecord({PLAN: site_plan(config, task_from_config(config))}))
     rates = [plan.round_settings(r).lr for r in (1, 2, 3, 4)]
     # cosine from 0.01 to 2% of it over the run: rounds start at progress 0, 1/4, 1/2, 3/4
     assert rates == pytest.approx([0.01 * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * p))) for p in (0, .25, .5, .75)])

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from protocols.protocol import load_protocol
-from server.data import PatientFolders
+from protocols.splits import PatientSelection
 from simulation.partition import partition, write_sites
 
 
-def folders(n_train: int, n_val: int, root: Path = Path("/data")) -> PatientFolders:
-    return PatientFolders(root, load_protocol("hn-openkbp"),
+def folders(n_train: int, n_val: int, root: Path = Path("/data")) -> PatientSelection:
+    return PatientSelection(root, load_protocol("hn-openkbp"),
                           [root / "train-pats" / f"pt_{i}" for i in range(1, n_train + 1)],
                           [root / "validation-pats" / f"pt_{i}" for i in range(201, 201 + n_val)])
 

@@ -16,6 +16,7 @@ from test_federated_strategies import ReplyingGrid
 from server.rounds import run_rounds
 from server.strategies import FedAdam, FedAvg
 from server.strategies.privacy import PrivacySettings, PrivateStrategy, with_privacy
+from wire.records import NUM_EXAMPLES
 
 SHAPE = (200, 300)
 
@@ -49,7 +50,7 @@ def site_updates(values: dict[int, float], shape=(2, 3), seen: list | None = Non
         if seen is not None:
             seen.append(dict(next(iter(message.content.config_records.values()))))
         content = RecordDict({"arrays": weights(values[node], shape), "site": ConfigRecord({"name": f"site-{node}"}),
-                              "metrics": MetricRecord({"num-examples": 10 * node, "train_loss": 0.1,
+                              "metrics": MetricRecord({NUM_EXAMPLES: 10 * node, "train_loss": 0.1,
                                                        "train_seconds": 0.1, "train_steps": 1})})
         return Message(content, reply_to=message)
 
@@ -71,7 +72,7 @@ def test_server_side_clipping_bounds_each_update_and_averages_sites_equally():
     for value in final.values():
         np.testing.assert_allclose(value.numpy(), expected, atol=1e-4)
         assert value.numpy().dtype == np.float32
-    assert report.site_train["site-1"]["num-examples"] == 10  # tracking still sees the real example counts
+    assert report.site_train["site-1"][NUM_EXAMPLES] == 10  # tracking still sees the real example counts
     assert report.privacy["privacy/releases"] == 1 and report.privacy["privacy/epsilon"] > 0
 
 

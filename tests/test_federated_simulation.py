@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from fedrt.config import compose
+from configs.compose import compose
 from models.checkpoint import load_checkpoint
 from models.registry import resolve_model
 from server.strategies import CyclicWeightTransfer, FedAdam

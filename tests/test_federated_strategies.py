@@ -15,6 +15,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from server.rounds import run_rounds, wait_for_nodes
 from server.strategies import FedAdam, FedAvg, FedAvgM, FedProx, build_strategy
 from server.validation import reply_problem
+from wire.records import NUM_EXAMPLES
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +36,7 @@ def arrays(value: float, shape=(2, 3)) -> ArrayRecord:
 
 def reply(node: int, record: ArrayRecord | None, examples: float, loss: float = 0.5) -> Message:
     instruction = Message(RecordDict({"arrays": arrays(0.0)}), node, MessageType.TRAIN)
-    content = RecordDict({"metrics": MetricRecord({"num-examples": examples, "train_loss": loss}),
+    content = RecordDict({"metrics": MetricRecord({NUM_EXAMPLES: examples, "train_loss": loss}),
                           "site": ConfigRecord({"name": f"site-{node}"})})
     if record is not None:
         content["arrays"] = record
@@ -157,12 +158,12 @@ class ReplyingGrid:
 def test_a_round_completes_without_the_nan_site_and_reports_it():
     def respond(node: int, message: Message) -> Message:
         if message.metadata.message_type == MessageType.EVALUATE:
-            content = RecordDict({"metrics": MetricRecord({"num-examples": 2, "dose_score": float(node)}),
+            content = RecordDict({"metrics": MetricRecord({NUM_EXAMPLES: 2, "dose_score": float(node)}),
                                   "site": ConfigRecord({"name": f"site-{node}"})})
             return Message(content, reply_to=message)
         value = np.nan if node == 2 else float(node)
         content = RecordDict({"arrays": arrays(value), "site": ConfigRecord({"name": f"site-{node}"}),
-                              "metrics": MetricRecord({"num-examples": node, "train_loss": 0.1,
+                              "metrics": MetricRecord({NUM_EXAMPLES: node, "train_loss": 0.1,
                                                        "train_seconds": 0.5 * node, "train_steps": 3})})
         return Message(content, reply_to=message)
 
@@ -201,7 +202,7 @@ def test_cyclic_relay_passes_each_sites_model_on_and_skips_the_nan_site():
         value = np.nan if node == 2 else float(node)
         content = RecordDict({"arrays": arrays(float(received.flat[0]) + value),
                               "site": ConfigRecord({"name": f"site-{10 - node}"}),
-                              "metrics": MetricRecord({"num-examples": node, "train_loss": float(node),
+                              "metrics": MetricRecord({NUM_EXAMPLES: node, "train_loss": float(node),
                                                        "train_seconds": 1.0, "train_steps": 3})})
         return Message(content, reply_to=message)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pydicom
 import pytest
 
+from configs.compose import compose
 from fedrt.cli import main
-from fedrt.config import compose
 from models.centralized import run_training
 from models.checkpoint import load_checkpoint
 from protocols.dicom.export import export_case

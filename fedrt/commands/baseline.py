@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from client.settings import SITE_METRICS
+    from models.tasks import task_class
     from simulation.baselines import KINDS, run_baselines
 
     config = composed(args)
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     kinds = KINDS if args.kind == "both" else (args.kind,)
     for outcome in run_baselines(config, kinds):
-        scores = ", ".join(f"{k}={outcome.validation[k]:.4f}" for k in SITE_METRICS[config.task.name]
+        scores = ", ".join(f"{k}={outcome.validation[k]:.4f}" for k in task_class(config.task.name).site_metrics
                            if k in outcome.validation)
         print(f"{outcome.kind} {outcome.site}: {outcome.result.num_examples} cases, {outcome.result.steps} steps "
               f"in {outcome.result.seconds:.0f} s; {scores} (MLflow run {outcome.run_id})")

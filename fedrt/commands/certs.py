@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-from client.identity import key_fingerprint, load_node_private_key
 from server.certs import CA_DAYS, SERVER_DAYS, create_node_keys, init_certificates, renew_server_certificate
+from wire.identity import key_fingerprint, load_node_private_key
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

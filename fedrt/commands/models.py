@@ -21,13 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _uri(args: argparse.Namespace) -> str:
-    from fedrt.config import compose
+    from configs.compose import compose
 
     return args.tracking_uri or str(compose([]).tracking.uri)
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from client.settings import SITE_METRICS
+    from models.tasks import TASK_CLASSES
     from server.tracking import list_models
 
     versions = list_models(_uri(args))
@@ -36,7 +36,8 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'model':<28} {'version':>7}  {'aliases':<14} {'rounds':>6} {'sites':>5}  validation")
     for v in versions:
-        headline = SITE_METRICS.get(v.tags.get("task", ""), ())
+        kind = TASK_CLASSES.get(v.tags.get("task", ""))
+        headline = kind.site_metrics if kind is not None else ()
         scores = ", ".join(f"{k}={v.tags[f'val.{k}']}" for k in headline if f"val.{k}" in v.tags)
         print(f"{v.name:<28} {v.version:>7}  {','.join(v.aliases) or '-':<14} {v.tags.get('rounds', '-'):>6} "
               f"{v.tags.get('sites', '-'):>5}  {scores}")

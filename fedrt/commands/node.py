@@ -10,9 +10,9 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from client.endpoint import Endpoint
 from client.preflight import format_checks, run_preflight
 from client.supernode import DEFAULT_RUNTIME_PORT, NodeSettings, run_supernode
+from wire.endpoint import Endpoint
 
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,8 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from client.endpoint import Endpoint
     from server.submit import submit_run
+    from wire.endpoint import Endpoint
 
     if not args.insecure and args.ca is None:
         raise ValueError("give --ca CA.crt (the federation's ca.crt from `fedrt certs init`)")

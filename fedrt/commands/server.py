@@ -11,9 +11,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from client.endpoint import Endpoint
 from server.nodes import RegisteredNode, SuperLinkControl
 from server.superlink import DEFAULT_HOST, DEFAULT_PORT, INSECURE_HOST, SuperLinkSettings, run_superlink
+from wire.endpoint import Endpoint
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from client.settings import SITE_METRICS
+    from models.tasks import task_class
     from simulation.run import simulate
 
     config = composed(args)
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     for site in outcome.sites:
         print(f"{site.name}: {len(site.train)} training, {len(site.val)} validation patients")
     for report in federation.reports:
-        scores = ", ".join(f"{k}={report.server_metrics[k]:.4f}" for k in SITE_METRICS[config.task.name]
+        scores = ", ".join(f"{k}={report.server_metrics[k]:.4f}" for k in task_class(config.task.name).site_metrics
                            if k in report.server_metrics)
         loss = report.train_metrics.get("train_loss", float("nan"))
         print(f"round {report.server_round}: train_loss={loss:.4f} {scores} ({report.seconds:.1f} s, "

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from protocols.errors import ConfigError
 from server.strategies.cyclic import CyclicWeightTransfer
 from server.strategies.fedadam import FedAdam
 from server.strategies.fedavg import FedAvg
 from server.strategies.fedavgm import FedAvgM
 from server.strategies.fedprox import FedProx
 from server.strategies.screening import ScreenedStrategy
+from wire.records import ARRAYS, CONFIG, NUM_EXAMPLES
 
 STRATEGIES: dict[str, type[ScreenedStrategy]] = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedprox": FedProx,
                                                   "fedadam": FedAdam, "cyclic": CyclicWeightTransfer}
@@ -21,9 +23,10 @@ def build_strategy(settings: dict[str, Any], min_available_nodes: int, min_train
     options = dict(settings)
     name = options.pop("name", None)
     if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose strategy={'|'.join(STRATEGIES)}")
+        raise ConfigError(f"unknown strategy {name!r}; choose strategy={'|'.join(STRATEGIES)}")
     return STRATEGIES[name](min_available_nodes=min_available_nodes, min_train_nodes=min_train_nodes,
                             min_evaluate_nodes=min_evaluate_nodes, fraction_evaluate=fraction_evaluate,
+                            weighted_by_key=NUM_EXAMPLES, arrayrecord_key=ARRAYS, configrecord_key=CONFIG,
                             **options)
 
 

@@ -16,7 +16,8 @@ from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from server.strategies.screening import Exchange, ScreenedStrategy, cast_like
-from server.validation import reply_problem, screen_replies, site_name
+from server.validation import reply_problem, screen_replies
+from wire.sites import reply_site_name
 
 
 class CyclicWeightTransfer(ScreenedStrategy, FlowerFedAvg):
@@ -41,7 +42,7 @@ class CyclicWeightTransfer(ScreenedStrategy, FlowerFedAvg):
             self.asked.update(unasked)
             for reply in exchange([Message(RecordDict(), node, MessageType.QUERY) for node in unasked]):
                 if not reply.has_error():
-                    self.site_names[reply.metadata.src_node_id] = site_name(reply)
+                    self.site_names[reply.metadata.src_node_id] = reply_site_name(reply)
 
         def key(message: Message) -> tuple[str, int]:
             node = message.metadata.dst_node_id

@@ -30,7 +30,9 @@ from flwr.supercore.privacy_accounting import NeighboringRelation, SamplingMetho
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from server.strategies.screening import ScreenedStrategy
-from server.validation import WEIGHT_KEY, screen_replies, site_name
+from server.validation import screen_replies
+from wire.records import NUM_EXAMPLES
+from wire.sites import reply_site_name
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +76,14 @@ def _unchanged(reply: Message, reference: ArrayRecord) -> bool:
 def _equal_weights(replies: list[Message]) -> Iterator[None]:
     """Give every reply the weight 1 while it is merged, then restore its ``num-examples`` for tracking."""
     records = [next(iter(r.content.metric_records.values())) for r in replies]
-    weights = [record[WEIGHT_KEY] for record in records]
+    weights = [record[NUM_EXAMPLES] for record in records]
     for record in records:
-        record[WEIGHT_KEY] = 1
+        record[NUM_EXAMPLES] = 1
     try:
         yield
     finally:
         for record, weight in zip(records, weights, strict=True):
-            record[WEIGHT_KEY] = weight
+            record[NUM_EXAMPLES] = weight
 
 
 class PrivateStrategy:
@@ -134,7 +136,7 @@ class PrivateStrategy:
         screened = screen_replies(replies, self.strategy.global_arrays, "train", server_round)
         for reply in list(screened.accepted):
             if _unchanged(reply, self.strategy.global_arrays):  # Flower's clipping divides by the update's norm
-                name = site_name(reply)
+                name = reply_site_name(reply)
                 screened.accepted.remove(reply)
                 screened.rejected[name] = "the update is zero: the site sent the global model back"
                 log.warning("round %d train: rejected the reply of %s: its update is zero", server_round, name)

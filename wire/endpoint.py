@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from protocols.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -22,10 +24,10 @@ class Endpoint:
         else:
             host, sep, port = text.rpartition(":")
         if not sep or not host or (":" in host and not text.startswith("[")):
-            raise ValueError(f"--superlink {text!r}: expected HOST:PORT, e.g. fl.example.org:9092 or "
+            raise ConfigError(f"--superlink {text!r}: expected HOST:PORT, e.g. fl.example.org:9092 or "
                              "[2001:db8::1]:9092")
         if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"--superlink {text!r}: the port must be a number between 1 and 65535")
+            raise ConfigError(f"--superlink {text!r}: the port must be a number between 1 and 65535")
         return cls(host, int(port))
 
     @property
@@ -43,6 +45,12 @@ class Endpoint:
         if self.host == "localhost":
             return True
         return self.is_ip and ipaddress.ip_address(self.host).is_loopback
+
+    def require_loopback(self, what: str) -> None:
+        """Refuse ``what`` (an insecure mode: no TLS, no node authentication) for anything but this machine."""
+        if not self.is_loopback:
+            raise ConfigError(f"{what} is for this machine only (127.0.0.1, ::1 or localhost), not {self.host}: "
+                              "without TLS and node authentication the traffic could be read and anyone could join")
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

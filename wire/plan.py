@@ -1,5 +1,6 @@
-"""The training plan the server sends to every site each round (the ``fedrt-plan`` entry of the ConfigRecord):
-task, protocol, network and loop settings. The site's data location never travels; it is the node's own.
+"""The training plan the server sends to every site each round (the ``wire.records.PLAN`` entry of the
+ConfigRecord): task, protocol, network, loop settings and the patient selection rule. The site's data location
+never travels; it is the node's own.
 """
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from flwr.app import ConfigRecord
 
@@ -15,11 +15,10 @@ from models.checkpoint import protocol_to_dict
 from models.config import ModelConfig, TrainConfig, from_mapping
 from models.loop import learning_rate
 from models.tasks import Task, make_task
+from protocols.errors import DeploymentError
 from protocols.protocol import Protocol, protocol_from_dict
-
-PLAN_KEY = "fedrt-plan"
-# Metrics every site reports from local evaluation: the same keys at every site, so they can be averaged.
-SITE_METRICS = {"dose": ("dose_score", "dvh_score"), "seg": ("dice_mean",)}
+from protocols.splits import DataConfig
+from wire.records import PLAN
 
 
 @dataclass(frozen=True)
@@ -32,9 +31,7 @@ class SitePlan:
     task: Task
     train: TrainConfig
     policy: str
-    train_split: str
-    val_split: str
-    val_fraction: float
+    selection: DataConfig  # the run's patient selection (splits, max_cases), applied to the node's own data
     rounds: int
     keep_optimizer: bool
     encoded: str
@@ -55,7 +52,7 @@ class SitePlan:
 
 
 def encode_plan(task_name: str, protocol: Protocol, model: ModelConfig, train: TrainConfig, policy: str,
-                data: dict[str, Any], rounds: int, keep_optimizer: bool = False) -> str:
+                data: DataConfig, rounds: int, keep_optimizer: bool = False) -> str:
     """The plan as JSON. ``protocol`` is the one the sites' data is read with (its grid included)."""
     return json.dumps({
         "task": task_name,
@@ -65,21 +62,17 @@ def encode_plan(task_name: str, protocol: Protocol, model: ModelConfig, train: T
         "policy": policy,
         "rounds": int(rounds),
         "keep_optimizer": bool(keep_optimizer),
-        "split": {"train_split": data.get("train_split", "train-pats"),
-                  "val_split": data.get("val_split", "validation-pats"),
-                  "val_fraction": float(data.get("val_fraction", 0.2))},
+        "split": data.selection(),
     })
 
 
 def decode_plan(config: ConfigRecord) -> SitePlan:
     """The plan inside a received ConfigRecord; a message without one is an error naming the fix."""
-    if PLAN_KEY not in config:
-        raise ValueError(f"the server sent no {PLAN_KEY!r} in its ConfigRecord; is it a fedrt ServerApp?")
-    encoded = str(config[PLAN_KEY])
+    if PLAN not in config:
+        raise DeploymentError(f"the server sent no {PLAN!r} in its ConfigRecord; is it a fedrt ServerApp?")
+    encoded = str(config[PLAN])
     plan = json.loads(encoded)
     protocol = protocol_from_dict(plan["protocol"], source="the server's training plan")
     task = make_task(plan["task"], protocol, from_mapping(ModelConfig, plan["model"]))
-    split = plan["split"]
-    return SitePlan(task, from_mapping(TrainConfig, plan["train"]), plan["policy"], split["train_split"],
-                    split["val_split"], float(split["val_fraction"]), int(plan["rounds"]),
-                    bool(plan["keep_optimizer"]), encoded)
+    return SitePlan(task, from_mapping(TrainConfig, plan["train"]), plan["policy"],
+                    DataConfig.from_mapping(plan["split"]), int(plan["rounds"]), bool(plan["keep_optimizer"]), encoded)

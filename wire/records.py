@@ -1,0 +1,16 @@
+"""The record and metric keys of every message between server and sites: one home for each, so a renamed key
+cannot drift between the ClientApp, the strategies, the screening and the tracking.
+"""
+
+from __future__ import annotations
+
+ARRAYS = "arrays"  # ArrayRecord: the model's weights (Flower strategies' ``arrayrecord_key``)
+CONFIG = "config"  # ConfigRecord: the server's instructions (Flower strategies' ``configrecord_key``)
+METRICS = "metrics"  # MetricRecord: a site's scalar metrics, nothing else
+SITE = "site"  # ConfigRecord: the site's pseudonymous name under ``SITE_NAME``
+SITE_NAME = "name"
+PLAN = "fedrt-plan"  # entry of the ``config`` record: the training plan (``wire.plan``)
+
+NUM_EXAMPLES = "num-examples"  # metric every reply carries; the weight of FedAvg (``weighted_by_key``)
+SERVER_ROUND = "server-round"  # entry Flower's strategies put in the ``config`` record
+PROXIMAL_MU = "proximal-mu"  # entry Flower's FedProx puts in the ``config`` record
