@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Mapping
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -17,9 +16,10 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from client.clipping import clipping_when_asked
-from client.site import SiteData, data_path, load_site, round_seed
+from client.site import Locator, SiteData, data_path, load_site, round_seed
 from models import loop
 from models.weights import set_weights
+from protocols.errors import DeploymentError
 from wire.plan import SitePlan, decode_plan
 from wire.records import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PROXIMAL_MU, SERVER_ROUND, SITE, SITE_NAME
 from wire.sites import own_site_name
@@ -32,8 +32,8 @@ def _network(plan: SitePlan, arrays: ArrayRecord) -> nn.Module:
     network = plan.task.build_network()
     expected = list(network.state_dict())
     if list(arrays.keys()) != expected:
-        raise ValueError(f"the global model's arrays ({len(arrays)}) do not match the planned network "
-                         f"({len(expected)} tensors); server and site run different fedrt versions?")
+        raise DeploymentError(f"the global model's arrays ({len(arrays)}) do not match the planned network "
+                              f"({len(expected)} tensors); server and site run different fedrt versions?")
     set_weights(network, arrays.to_numpy_ndarrays())
     return network
 
@@ -60,15 +60,15 @@ def _keep_optimizer(context: Context, plan: SitePlan, state: dict | None) -> Non
         context.state[OPTIMIZER_KEY] = ConfigRecord({"adamw": buffer.getvalue()})
 
 
-def _site(msg: Message, context: Context, site_paths: Mapping[int, str] | None) -> tuple[SitePlan, SiteData]:
+def _site(msg: Message, context: Context, locate: Locator | None) -> tuple[SitePlan, SiteData]:
     plan = decode_plan(msg.content[CONFIG])
     if plan.train.threads:
         torch.set_num_threads(plan.train.threads)
-    return plan, load_site(data_path(context, site_paths), plan)
+    return plan, load_site(data_path(context, locate), plan)
 
 
-def make_client_app(site_paths: Mapping[int, str] | None = None) -> ClientApp:
-    """The ClientApp; ``site_paths`` (partition id -> folder) stands in for ``data-path`` in simulation.
+def make_client_app(locate: Locator | None = None) -> ClientApp:
+    """The ClientApp; ``locate`` stands in for ``data-path`` in simulation (a virtual node's folder).
 
     Its one mod clips the site's update when the server runs client-side differential privacy.
     """
@@ -76,7 +76,7 @@ def make_client_app(site_paths: Mapping[int, str] | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        plan, data = _site(msg, context, site_paths)
+        plan, data = _site(msg, context, locate)
         network = _network(plan, msg.content[ARRAYS])
         if not data.train:
             return _reply(msg, context, {NUM_EXAMPLES: 0}, ArrayRecord(network.state_dict()))
@@ -98,7 +98,7 @@ def make_client_app(site_paths: Mapping[int, str] | None = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        plan, data = _site(msg, context, site_paths)
+        plan, data = _site(msg, context, locate)
         if not data.val:
             return _reply(msg, context, {NUM_EXAMPLES: 0})
         network = _network(plan, msg.content[ARRAYS])

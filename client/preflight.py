@@ -18,6 +18,7 @@ from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
 from client.supernode import NodeSettings
 from protocols.dataset import ProtocolDataset
+from protocols.errors import FedrtError
 from protocols.protocol import load_protocol
 from protocols.validation import Policy, format_reports
 from wire.connection import Check, check_network, check_tls, connection_failure
@@ -30,7 +31,7 @@ def check_dataset(data: Path, protocol_name: str) -> tuple[Check, str]:
     try:
         protocol = load_protocol(protocol_name)
         reports = ProtocolDataset(data, protocol, Policy.IGNORE, require_dose=True).reports()
-    except (FileNotFoundError, ValueError) as exc:
+    except FedrtError as exc:
         return Check("dataset", "fail", "dataset", f"{exc}"), ""
     usable = sum(r.usable for r in reports)
     if not usable:
@@ -49,7 +50,7 @@ def check_node_key(endpoint: Endpoint, ca: Path, key_path: Path, timeout_s: floa
     """
     try:
         key = load_node_private_key(key_path)
-    except (FileNotFoundError, ValueError) as exc:
+    except FedrtError as exc:
         return Check("node key", "fail", "bad-key", str(exc))
     fingerprint = key_fingerprint(key.public_key())
     client = FleetHttpClient(f"https://{endpoint}", interceptors=[NodeAuthHttpInterceptor(key, key.public_key())],

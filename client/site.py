@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +19,9 @@ from protocols.case import Case
 from protocols.errors import ConfigError, DataNotFoundError
 from protocols.splits import load_cases, select_folders
 from wire.plan import SitePlan
-from wire.sites import DATA_CONFIG, PARTITION_CONFIG
+from wire.sites import DATA_CONFIG
 
+Locator = Callable[[Context], Path]  # a virtual node's data folder (simulation: from its partition id)
 CACHED_SITES = 4  # per process: a deployed node has one site; a simulation worker serves several in turn
 
 
@@ -35,13 +36,15 @@ class SiteData:
 _cache: OrderedDict[tuple[str, str], SiteData] = OrderedDict()
 
 
-def data_path(context: Context, site_paths: Mapping[int, str] | None = None) -> Path:
-    """The site's dataset folder: ``data-path`` from the node config, else the simulation's folder for it."""
+def data_path(context: Context, locate: Locator | None = None) -> Path:
+    """The site's dataset folder: ``data-path`` from the node config, else where ``locate`` (the simulation)
+    puts a virtual hospital's patients.
+    """
     config = context.node_config
     if DATA_CONFIG in config:
         return Path(str(config[DATA_CONFIG])).expanduser()
-    if site_paths is not None and PARTITION_CONFIG in config:
-        return Path(site_paths[int(config[PARTITION_CONFIG])])
+    if locate is not None:
+        return locate(context)
     raise ConfigError("this node has no data path: start it with --node-config 'data-path=\"/path/to/dataset\"' "
                      "(a protocol dataset in the OpenKBP layout)")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from protocols.errors import ConfigError, DataNotFoundError
 from protocols.protocol import load_protocol
 from wire.endpoint import Endpoint
 from wire.identity import load_node_private_key
@@ -44,8 +45,8 @@ def _toml_string(key: str, value: str) -> str:
     backslashes escaped: the forms Flower's ``--node-config`` parser reads back exactly.
     """
     if "\n" in value or ("'" in value and '"' in value):
-        raise ValueError(f"{key} {value!r}: a value may not hold both quote characters or a line break; "
-                         "rename the folder")
+        raise ConfigError(f"{key} {value!r}: a value may not hold both quote characters or a line break; "
+                          "rename the folder")
     if "'" not in value:
         return f"{key}='{value}'"
     escaped = value.replace("\\", "\\\\")
@@ -67,14 +68,14 @@ def check_node_settings(settings: NodeSettings) -> None:
         settings.superlink.require_loopback("--insecure")
     else:
         if settings.ca is None or not settings.ca.is_file():
-            raise FileNotFoundError(f"CA certificate {settings.ca} not found; give --ca with the federation's "
+            raise DataNotFoundError(f"CA certificate {settings.ca} not found; give --ca with the federation's "
                                     "ca.crt from the server operator")
         if settings.key is None:
-            raise ValueError("give --key NODE.key (created with `fedrt certs node NAME --out DIR`; its NAME.pub "
-                             "must be registered on the server)")
+            raise ConfigError("give --key NODE.key (created with `fedrt certs node NAME --out DIR`; its NAME.pub "
+                              "must be registered on the server)")
         load_node_private_key(settings.key)
     if not settings.data.is_dir():
-        raise FileNotFoundError(f"dataset folder {settings.data} does not exist; give --data with the site's "
+        raise DataNotFoundError(f"dataset folder {settings.data} does not exist; give --data with the site's "
                                 "protocol dataset (check it with `fedrt data check PATH`)")
     load_protocol(settings.protocol)
 

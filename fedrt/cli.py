@@ -1,10 +1,16 @@
-"""The ``fedrt`` command: a thin layer that parses arguments and hands over to one capability per subcommand."""
+"""The ``fedrt`` command: a thin layer that parses arguments and hands over to one capability per subcommand.
+
+Command modules import heavy libraries (torch, Flower, MLflow, ...) only when their command runs, so ``--help``
+is quick. An error the user can fix (``FedrtError``) is printed as one message (``-v`` adds its traceback);
+anything else is a bug and shows its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import traceback
 
 from fedrt import __version__
 from fedrt.commands import (
@@ -25,13 +31,10 @@ from fedrt.commands import (
     simulate,
     train,
 )
+from protocols.errors import FedrtError
 
 COMMANDS = (train, predict, evaluate, data, dicom, segment, plan, phantoms, simulate, baseline, compare, models,
             certs, server, node, run)
-
-
-class UserError(Exception):
-    """An error the user can fix; printed as one clear message, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args) or 0)
-    except (FileNotFoundError, ValueError, UserError) as exc:
+    except FedrtError as exc:
+        if args.verbose:
+            traceback.print_exc()
         print(f"fedrt {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from protocols.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -54,5 +56,5 @@ def from_mapping(cls: type, data: dict[str, Any] | None):
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocols.case import Case
+from protocols.errors import DataNotFoundError
 from protocols.openkbp import is_patient_dir, load_openkbp_case
 from protocols.protocol import Protocol
 from protocols.validation import CaseReport, Policy
@@ -21,7 +22,7 @@ def find_patient_dirs(root: Path | str) -> list[Path]:
     """Patient folders at ``root``, directly under it, or one level deeper (e.g. ``train-pats/pt_1``)."""
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"dataset {root} does not exist; give data.root=PATH of a protocol dataset")
+        raise DataNotFoundError(f"dataset {root} does not exist; give data.root=PATH of a protocol dataset")
     if is_patient_dir(root):
         return [root]
     found = [p for p in root.iterdir() if is_patient_dir(p)]
@@ -44,7 +45,7 @@ class ProtocolDataset:
         self.root = Path(self.root)
         self.patient_dirs = find_patient_dirs(self.root)
         if not self.patient_dirs:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"no patients under {self.root}: expected folders holding ct.csv(.gz) (OpenKBP layout)"
             )
 

@@ -1,7 +1,8 @@
 """fedrt's ServerApp for a deployment (``server.deployed:app``): the SuperLink runs it for each submitted run,
 composing the Hydra config from the overrides carried in the run config, and prints one summary line per round
 (streamed to ``fedrt run``). ``write_app_definition`` writes the Flower app (a ``pyproject.toml`` naming this
-ServerApp and ``client.app:app``) that ``fedrt run`` submits; it has no dependencies to install (offline sites).
+ServerApp and ``client.app:app``, or the simulation's apps) that ``fedrt run`` and ``fedrt simulate`` submit; it has
+no dependencies to install (offline sites).
 """
 
 from __future__ import annotations
@@ -9,44 +10,46 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from omegaconf import DictConfig, OmegaConf
 
 from configs.compose import compose
+from protocols.errors import ConfigError
 from server.app import make_server_app
 from server.federation import FederationOutcome, open_run
 from server.rounds import RoundReport
 from server.tracking import Tracker
 from wire.records import NUM_EXAMPLES
 
-OVERRIDES_KEY = "overrides"
+OVERRIDES_KEY = "overrides"  # run config: Hydra overrides as a JSON list (``fedrt run``, ``flwr run --run-config``)
+CONFIG_KEY = "config"  # run config: the whole composed config as JSON (``fedrt simulate``); wins over overrides
 APP_NAME = "fedrt"
-APP_PYPROJECT = f'''[project]
-name = "{APP_NAME}"
-version = "1.0.0"
-description = "fedrt federated training (the ServerApp and ClientApp of the installed fedrt)"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.flwr.app]
-publisher = "fedrt"
-
-[tool.flwr.app.components]
-serverapp = "server.deployed:app"
-clientapp = "client.app:app"
-
-[tool.flwr.app.config]
-{OVERRIDES_KEY} = "[]"
-'''
+DEPLOYED_APPS = ("server.deployed:app", "client.app:app")  # (ServerApp, ClientApp) a SuperLink runs for fedrt run
 
 
-def write_app_definition(folder: Path) -> Path:
+def app_definition(components: tuple[str, str], config: dict[str, str]) -> str:
+    """The Flower app's ``pyproject.toml``: the installed fedrt's ServerApp and ClientApp, the run-config keys with
+    their defaults, and no dependencies to install (sites may be offline).
+    """
+    lines = [f"{key} = {json.dumps(value)}" for key, value in config.items()]
+    return "\n".join([
+        "[project]", f'name = "{APP_NAME}"', 'version = "1.0.0"',
+        'description = "fedrt federated training (the ServerApp and ClientApp of the installed fedrt)"',
+        'license = "Apache-2.0"', "dependencies = []", "", "[tool.flwr.app]", 'publisher = "fedrt"', "",
+        "[tool.flwr.app.components]", f'serverapp = "{components[0]}"', f'clientapp = "{components[1]}"', "",
+        "[tool.flwr.app.config]", *lines, ""])
+
+
+def write_app_definition(folder: Path, components: tuple[str, str] = DEPLOYED_APPS,
+                         config: dict[str, str] | None = None) -> Path:
     """Write the Flower app definition (``pyproject.toml``) into ``folder`` and return the folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pyproject.toml").write_text(APP_PYPROJECT)
+    (folder / "pyproject.toml").write_text(app_definition(components, config or {OVERRIDES_KEY: "[]"}))
     return folder
 
 
@@ -55,15 +58,27 @@ def encode_overrides(overrides: list[str]) -> str:
     return json.dumps(list(overrides))
 
 
+def encode_config(config: DictConfig) -> str:
+    """The run-config value carrying a composed config (resolved, as JSON)."""
+    return json.dumps(OmegaConf.to_container(config, resolve=True))
+
+
 def decode_overrides(run_config: dict[str, Any]) -> list[str]:
     """The Hydra overrides from a run config; an error naming the expected form otherwise."""
     try:
         overrides = json.loads(str(run_config.get(OVERRIDES_KEY, "[]")))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"run config {OVERRIDES_KEY!r} is not JSON ({exc}); submit runs with `fedrt run`") from exc
+        raise ConfigError(f"run config {OVERRIDES_KEY!r} is not JSON ({exc}); submit runs with `fedrt run`") from exc
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        raise ValueError(f"run config {OVERRIDES_KEY!r} must be a JSON list of key=value strings")
+        raise ConfigError(f"run config {OVERRIDES_KEY!r} must be a JSON list of key=value strings")
     return overrides
+
+
+def config_from_run(run_config: dict[str, Any]) -> DictConfig:
+    """The run's composed config: the one carried whole, else composed from the carried overrides."""
+    if run_config.get(CONFIG_KEY):
+        return OmegaConf.create(json.loads(str(run_config[CONFIG_KEY])))
+    return compose(decode_overrides(run_config))
 
 
 def round_summary(report: RoundReport, rounds: int) -> str:
@@ -97,12 +112,9 @@ def _print_outcome(outcome: FederationOutcome) -> None:
           f"model {outcome.checkpoint}", flush=True)
 
 
-app = ServerApp()
-
-
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    """Compose the run's config from its overrides and run the federation, logging progress to the stream."""
+def serve(grid: Grid, context: Context, config: DictConfig,
+          on_done: Callable[[FederationOutcome], None] | None = None) -> None:
+    """Run the federation of ``config`` on ``grid``, streaming progress and one summary per round to the output."""
     progress = logging.StreamHandler(sys.stdout)
     progress.setFormatter(logging.Formatter("fedrt %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("server")
@@ -110,11 +122,25 @@ def main(grid: Grid, context: Context) -> None:
     logger.addHandler(progress)
     logger.setLevel(logging.INFO)
     try:
-        config = compose(decode_overrides(dict(context.run_config)))
         tracker, run_config = open_run(config)
         print(f"fedrt: MLflow run {tracker.run_id} ({run_config.tracking.uri}); {run_config.rounds} rounds, "
               f"task {run_config.task.name}, strategy {run_config.strategy.name}", flush=True)
-        make_server_app(run_config, _print_outcome, RoundPrinter(tracker, int(run_config.rounds)))(grid, context)
+
+        def finished(outcome: FederationOutcome) -> None:
+            _print_outcome(outcome)
+            if on_done is not None:
+                on_done(outcome)
+
+        make_server_app(run_config, finished, RoundPrinter(tracker, int(run_config.rounds)))(grid, context)
     finally:
         logger.removeHandler(progress)
         logger.setLevel(level)
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the federation the submitted run config describes."""
+    serve(grid, context, config_from_run(dict(context.run_config)))

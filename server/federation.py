@@ -24,6 +24,7 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.tasks import Task
 from models.weights import set_weights
 from protocols.case import Case
+from protocols.errors import ConfigError
 from protocols.phantom import phantom_protocol
 from protocols.protocol import Protocol
 from protocols.splits import load_cases, select_patients
@@ -134,8 +135,8 @@ def _resume_point(tracker: Tracker, task: Task, strategy: ScreenedStrategy | Pri
     strategy.load_optimizer_state({n: {k: t.numpy() for k, t in m.items()} for n, m in state.items()})
     if isinstance(strategy, PrivateStrategy):
         if "privacy_state" not in checkpoint.metadata:
-            raise ValueError(f"run {tracker.run_id} was started without differential privacy; it cannot be resumed "
-                             "with privacy.clipping set")
+            raise ConfigError(f"run {tracker.run_id} was started without differential privacy; it cannot be resumed "
+                              "with privacy.clipping set")
         strategy.load_privacy_state(checkpoint.metadata["privacy_state"])
     log.info("resuming run %s after round %d", tracker.run_id, last)
     return last + 1, ArrayRecord(checkpoint.network.state_dict())

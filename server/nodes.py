@@ -17,6 +17,7 @@ from flwr.proto.control_pb2 import ListNodesRequest, RegisterNodeRequest, Unregi
 from flwr.supercore.error import FlowerError
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
+from protocols.errors import ConfigError, DataNotFoundError, DeploymentError
 from wire.connection import connection_failure
 from wire.control import control_client
 from wire.endpoint import Endpoint
@@ -30,7 +31,7 @@ _FIXES = {
 }
 
 
-class ControlError(ValueError):
+class ControlError(DeploymentError):
     """The SuperLink's Control API could not do what was asked; the message names the cause and the fix."""
 
 
@@ -50,20 +51,20 @@ def load_node_public_key(path: Path | str) -> ec.EllipticCurvePublicKey:
     """A node's OpenSSH EC public key (NIST curve), as ``flwr supernode register`` accepts it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"public key {path} not found; the hospital creates it with `fedrt certs node NAME "
+        raise DataNotFoundError(f"public key {path} not found; the hospital creates it with `fedrt certs node NAME "
                                 "--out DIR` and sends DIR/NAME.pub")
     data = path.read_bytes()
     if b"PRIVATE KEY" in data:
-        raise ValueError(f"{path} is a PRIVATE key: register the .pub file; the private key never leaves the "
-                         "hospital (if it was sent, create a new key pair)")
+        raise DeploymentError(f"{path} is a PRIVATE key: register the .pub file; the private key never leaves the "
+                              "hospital (if it was sent, create a new key pair)")
     try:
         key = serialization.load_ssh_public_key(data)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise ValueError(f"{path} is not an OpenSSH public key ({exc}); give the NAME.pub written by "
-                         "`fedrt certs node`") from exc
+        raise DeploymentError(f"{path} is not an OpenSSH public key ({exc}); give the NAME.pub written by "
+                              "`fedrt certs node`") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in NIST_CURVES:
-        raise ValueError(f"{path}: Flower's node authentication needs an EC key on a NIST curve (P-256/384/521); "
-                         "create one with `fedrt certs node NAME --out DIR`")
+        raise DeploymentError(f"{path}: Flower's node authentication needs an EC key on a NIST curve (P-256/384/521); "
+                              "create one with `fedrt certs node NAME --out DIR`")
     return key
 
 
@@ -123,7 +124,7 @@ class SuperLinkControl:
         """Allow the node holding the private half of ``public_key_path`` to join, under site ``name``."""
         key = load_node_public_key(public_key_path)
         if not name:
-            raise ValueError("give --name SITE: the pseudonymous site name shown in `fedrt server nodes`")
+            raise ConfigError("give --name SITE: the pseudonymous site name shown in `fedrt server nodes`")
         taken = [n for n in self.nodes() if n.name == name]
         if taken:
             raise ControlError(f"site name {name!r} is already registered (node {taken[0].node_id}); unregister it "

@@ -17,13 +17,26 @@ import httpx
 from flwr.cli.build import build_fab_from_disk
 from flwr.common.serde import fab_to_proto, user_config_to_proto
 from flwr.proto.control_pb2 import ListRunsRequest, StartRunRequest, StreamLogsRequest
+from flwr.proto.federation_config_pb2 import SimulationConfig
 from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.fab import Fab
 
-from server.deployed import OVERRIDES_KEY, encode_overrides, write_app_definition
+from protocols.errors import DeploymentError
+from server.deployed import DEPLOYED_APPS, OVERRIDES_KEY, encode_overrides, write_app_definition
 from wire.connection import connection_failure
 from wire.control import control_client
 from wire.endpoint import Endpoint
+
+
+@dataclass(frozen=True)
+class SubmittedApp:
+    """What a run starts: the (ServerApp, ClientApp) components, the run config, and for Flower's simulation
+    runtime the virtual federation (number of SuperNodes, their resources).
+    """
+
+    components: tuple[str, str]
+    run_config: dict[str, str]
+    simulation: SimulationConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -41,10 +54,10 @@ class RunResult:
         return self.status == "finished" and self.sub_status == "completed"
 
 
-def build_app_fab() -> Fab:
+def build_app_fab(components: tuple[str, str] = DEPLOYED_APPS, config: dict[str, str] | None = None) -> Fab:
     """The Flower app (FAB) fedrt submits: its definition only; the code is the fedrt installed at each site."""
     with tempfile.TemporaryDirectory(prefix="fedrt-app-") as tmp:
-        content = build_fab_from_disk(write_app_definition(Path(tmp) / "fedrt"))
+        content = build_fab_from_disk(write_app_definition(Path(tmp) / "fedrt", components, config))
     return Fab(hashlib.sha256(content).hexdigest(), content, {})
 
 
@@ -54,21 +67,25 @@ def _status(client: ControlHttpClient, run_id: int) -> RunResult:
 
 
 def submit_run(endpoint: Endpoint, ca: Path | None, overrides: list[str], insecure: bool = False,
-               follow: bool = True, out: TextIO | None = None, poll_s: float = 2.0) -> RunResult:
+               follow: bool = True, out: TextIO | None = None, poll_s: float = 2.0,
+               app: SubmittedApp | None = None) -> RunResult:
     """Start a run of fedrt's apps with ``overrides`` on the SuperLink at ``endpoint``; with ``follow``, print
     the ServerApp's output to ``out`` (default: stdout) until the run finishes, and return how it ended.
+    ``app``: another app and run config than the deployment's (the simulation's).
     """
     out = out or sys.stdout
+    app = app or SubmittedApp(DEPLOYED_APPS, {OVERRIDES_KEY: encode_overrides(overrides)})
     client = control_client(endpoint, ca, insecure)
     try:
-        request = StartRunRequest(fab=fab_to_proto(build_app_fab()),
-                                  override_config=user_config_to_proto({OVERRIDES_KEY: encode_overrides(overrides)}))
+        request = StartRunRequest(fab=fab_to_proto(build_app_fab(app.components, app.run_config)),
+                                  override_config=user_config_to_proto(app.run_config),
+                                  override_federation_config=app.simulation)
         try:
             response = client.StartRun(request)
         except httpx.TransportError as exc:
-            raise ConnectionError(connection_failure(endpoint, ca, insecure, exc)) from exc
+            raise DeploymentError(connection_failure(endpoint, ca, insecure, exc)) from exc
         if not response.HasField("run_id"):
-            raise RuntimeError(f"the SuperLink at {endpoint} did not start the run; see its superlink.log")
+            raise DeploymentError(f"the SuperLink at {endpoint} did not start the run; see its superlink.log")
         run_id = response.run_id
         print(f"fedrt run: submitted run {run_id} to {endpoint}", file=out, flush=True)
         if not follow:

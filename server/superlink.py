@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from protocols.errors import ConfigError
 from server.certs import ServerFiles, verify_server_files
 from wire.endpoint import Endpoint
 from wire.identity import certificate_names
@@ -26,13 +27,19 @@ RULE = "!" * 100
 
 @dataclass(frozen=True)
 class SuperLinkSettings:
-    """How to run the SuperLink: bind address, certificates folder, state folder, and the test-only switch."""
+    """How to run the SuperLink: bind address, certificates folder, state folder, and the test-only switch.
+
+    ``simulation``: Flower's simulation runtime instead of real nodes (``fedrt simulate``: virtual hospitals on
+    this machine, loopback only); ``workdir``: where the ServerApp runs, the state folder unless given.
+    """
 
     state_dir: Path
     certs_dir: Path | None = None
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     insecure: bool = False
+    simulation: bool = False
+    workdir: Path | None = None
 
     @property
     def database(self) -> Path:
@@ -64,8 +71,8 @@ def check_settings(settings: SuperLinkSettings) -> list[str]:
         Endpoint(settings.host, settings.port).require_loopback("--insecure")
         return [insecure_banner(settings)]
     if settings.certs_dir is None:
-        raise ValueError("give --certs DIR (created with `fedrt certs init --out DIR --host NAME`), or --insecure for "
-                         "a local test")
+        raise ConfigError("give --certs DIR (created with `fedrt certs init --out DIR --host NAME`), or --insecure for "
+                          "a local test")
     cert = verify_server_files(settings.certs_dir)
     expires = cert.not_valid_after_utc
     notes = [f"TLS certificate for {', '.join(certificate_names(cert))}, valid until {expires:%Y-%m-%d}; node "
@@ -81,6 +88,8 @@ def superlink_command(settings: SuperLinkSettings) -> list[str]:
     command = [flower_executable("flower-superlink"), "--host", settings.host, "--port", str(settings.port),
                "--database", str(settings.database.resolve()), "--log-file", str(settings.log_file.resolve()),
                "--disable-runtime-dependency-installation"]
+    if settings.simulation:
+        command.append("--simulation")
     if settings.insecure:
         return [*command, "--insecure"]
     files = ServerFiles.under(settings.certs_dir.resolve())
@@ -94,12 +103,16 @@ def prepare_state(settings: SuperLinkSettings) -> None:
     settings.flwr_home.mkdir(mode=0o700, exist_ok=True)
 
 
-def start_superlink(settings: SuperLinkSettings, console_log: Path | None = None) -> subprocess.Popen:
-    """Start the SuperLink in the background (own process group); stop it with ``wire.processes.stop_process``."""
+def start_superlink(settings: SuperLinkSettings, console_log: Path | None = None,
+                    environment: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start the SuperLink in the background (own process group); stop it with ``wire.processes.stop_process``.
+    ``environment`` adds variables for it and the apps it starts.
+    """
     check_settings(settings)
     prepare_state(settings)
-    return start_process(superlink_command(settings), flower_environment(settings.flwr_home),
-                         console_log or settings.state_dir / "superlink.console.log", cwd=settings.state_dir)
+    return start_process(superlink_command(settings), {**flower_environment(settings.flwr_home), **(environment or {})},
+                         console_log or settings.state_dir / "superlink.console.log",
+                         cwd=settings.workdir or settings.state_dir)
 
 
 def run_superlink(settings: SuperLinkSettings) -> NoReturn:

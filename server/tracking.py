@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 
+from protocols.errors import ConfigError
 from server.rounds import RoundReport
 
 CONFIG_ARTIFACT = "config.json"
@@ -90,12 +91,12 @@ class Tracker:
         try:
             run = client.get_run(run_id)
         except MlflowException as exc:
-            raise ValueError(f"no MLflow run {run_id} in {uri}: give resume=<run id> and the tracking.uri "
-                             f"it was recorded in") from exc
+            raise ConfigError(f"no MLflow run {run_id} in {uri}: give resume=<run id> and the tracking.uri "
+                              f"it was recorded in") from exc
         if run.data.tags.get("fedrt.kind") != kind:
-            raise ValueError(f"MLflow run {run_id} is not a {kind} run of fedrt; give the id of an interrupted one")
+            raise ConfigError(f"MLflow run {run_id} is not a {kind} run of fedrt; give the id of an interrupted one")
         if run.info.status == "FINISHED":
-            raise ValueError(f"MLflow run {run_id} finished all its rounds; there is nothing to resume")
+            raise ConfigError(f"MLflow run {run_id} finished all its rounds; there is nothing to resume")
         with tempfile.TemporaryDirectory() as tmp:
             path = client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)
             config = json.loads(Path(path).read_text())
@@ -207,6 +208,6 @@ def promote(uri: str, name: str, version: str, alias: str) -> None:
     try:
         client.get_model_version(name, version)
     except MlflowException as exc:
-        raise ValueError(f"no version {version} of registered model {name!r} in {uri}; "
-                         f"see `fedrt models list`") from exc
+        raise ConfigError(f"no version {version} of registered model {name!r} in {uri}; "
+                          f"see `fedrt models list`") from exc
     client.set_registered_model_alias(name, alias, version)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 
 from models.tasks import task_class
+from protocols.errors import ConfigError
 from server.federation import scenario_name
 from server.tracking import Tracker, find_runs
 from wire.records import NUM_EXAMPLES
@@ -73,8 +74,8 @@ def compare(config: DictConfig) -> tuple[str, str]:
     """The scenario's table, logged as ``comparison.md`` with each model's scores in a comparison run."""
     rows = comparison_rows(config)
     if not rows:
-        raise ValueError(f"no finished runs of scenario {scenario_name(config)!r} in {config.tracking.uri}; "
-                         f"run `fedrt simulate` and `fedrt baseline` with the same overrides first")
+        raise ConfigError(f"no finished runs of scenario {scenario_name(config)!r} in {config.tracking.uri}; "
+                          f"run `fedrt simulate` and `fedrt baseline` with the same overrides first")
     table = markdown_table(rows, config.task.name)
     tags = {"fedrt.kind": "comparison", "fedrt.scenario": scenario_name(config), "fedrt.task": config.task.name}
     tracker = Tracker.start(config.tracking.uri, config.tracking.experiment, OmegaConf.to_container(config,

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from protocols.errors import ConfigError
 from protocols.splits import PatientSelection
 
 PARTITIONERS = ("iid", "skew", "sites")
@@ -52,12 +53,12 @@ def site_proportions(spec: dict[str, Any], num_sites: int, seed: int) -> np.ndar
     if spec.get("proportions") is not None:
         proportions = np.asarray(spec["proportions"], dtype=float)
         if len(proportions) != num_sites or (proportions < 0).any() or proportions.sum() <= 0:
-            raise ValueError(f"partition.proportions {list(proportions)} must be {num_sites} non-negative numbers "
-                             f"(one per site, num_sites={num_sites})")
+            raise ConfigError(f"partition.proportions {list(proportions)} must be {num_sites} non-negative numbers "
+                              f"(one per site, num_sites={num_sites})")
         return proportions / proportions.sum()
     alpha = float(spec.get("alpha", 0.5))
     if alpha <= 0:
-        raise ValueError(f"partition.alpha must be positive, got {alpha}")
+        raise ConfigError(f"partition.alpha must be positive, got {alpha}")
     return np.random.default_rng([seed, 7]).dirichlet(np.full(num_sites, alpha))
 
 
@@ -70,17 +71,17 @@ def _deal(folders: list[Path], sizes: list[int], seed: int) -> list[list[Path]]:
 def _explicit(folders: list[Path], lists: list[list[str]], num_sites: int, what: str) -> list[list[Path]]:
     by_name = {f.name: f for f in folders}
     if len(lists) != num_sites:
-        raise ValueError(f"partition.{what} has {len(lists)} lists but num_sites={num_sites}; give one per site")
+        raise ConfigError(f"partition.{what} has {len(lists)} lists but num_sites={num_sites}; give one per site")
     seen: set[str] = set()
     out = []
     for names in lists:
         unknown = [n for n in names if n not in by_name]
         if unknown:
-            raise ValueError(f"partition.{what}: no patient folder {unknown[:3]} among the run's {what} patients "
-                             f"(e.g. {list(by_name)[:3]})")
+            raise ConfigError(f"partition.{what}: no patient folder {unknown[:3]} among the run's {what} patients "
+                              f"(e.g. {list(by_name)[:3]})")
         repeated = seen.intersection(names)
         if repeated:
-            raise ValueError(f"partition.{what}: patients {sorted(repeated)[:3]} are given to more than one site")
+            raise ConfigError(f"partition.{what}: patients {sorted(repeated)[:3]} are given to more than one site")
         seen.update(names)
         out.append([by_name[n] for n in names])
     return out
@@ -91,18 +92,18 @@ def partition(folders: PatientSelection, spec: dict[str, Any], num_sites: int,
     """Training and validation patient folders per site (validation patients split in the same shares)."""
     name = spec.get("name")
     if name not in PARTITIONERS:
-        raise ValueError(f"unknown partition {name!r}; choose partition={'|'.join(PARTITIONERS)}")
+        raise ConfigError(f"unknown partition {name!r}; choose partition={'|'.join(PARTITIONERS)}")
     if num_sites < 1:
-        raise ValueError(f"num_sites must be at least 1, got {num_sites}")
+        raise ConfigError(f"num_sites must be at least 1, got {num_sites}")
     shares = site_proportions(spec, num_sites, seed)
     if name == "sites":
         if not spec.get("train"):
-            raise ValueError("partition=sites needs partition.train: one list of patient folder names per site")
+            raise ConfigError("partition=sites needs partition.train: one list of patient folder names per site")
         train = _explicit(folders.train, spec["train"], num_sites, "train")
     else:
         if len(folders.train) < num_sites:
-            raise ValueError(f"{len(folders.train)} training patients cannot fill {num_sites} sites; "
-                             f"lower num_sites or raise data.max_cases")
+            raise ConfigError(f"{len(folders.train)} training patients cannot fill {num_sites} sites; "
+                              f"lower num_sites or raise data.max_cases")
         train = _deal(folders.train, _sizes(len(folders.train), shares, int(spec.get("min_cases", 1))), seed)
     if name == "sites" and spec.get("val"):
         val = _explicit(folders.val, spec["val"], num_sites, "val")

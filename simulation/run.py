@@ -1,31 +1,42 @@
-"""``fedrt simulate``: N virtual hospitals on this machine (or a Ray cluster) through Flower's simulation engine,
-running the same ClientApp and ServerApp as a real deployment.
+"""``fedrt simulate``: N virtual hospitals on this machine (or a Ray cluster) through Flower's simulation runtime,
+the supported way ``flwr run`` takes: a private SuperLink in simulation mode on a free loopback port runs the
+Flower App of ``simulation.app`` (the deployment's ServerApp and ClientApp), and is stopped, with everything it
+started, when the run ends, fails or this process gets SIGTERM.
+
+Ray is the simulation's own (``address="local"``) unless ``simulation.ray_address`` names a cluster: a cluster
+recorded by an earlier ``ray start`` is never attached to by accident.
 """
 
 from __future__ import annotations
 
-import copy
-import logging
-import os
+import contextlib
+import json
+import signal
+import socket
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from flwr.proto.federation_config_pb2 import SimulationConfig
+from omegaconf import DictConfig
 
-from client.app import make_client_app
-from models.centralized import data_config
-from protocols.protocol import load_protocol
-from protocols.splits import select_patients
-from server.app import make_server_app
-from server.federation import FederationOutcome, open_run
-from simulation.partition import VirtualSite, partition, write_sites
+from protocols.errors import DeploymentError
+from server.deployed import CONFIG_KEY, encode_config
+from server.federation import FederationOutcome
+from server.rounds import RoundReport
+from server.submit import SubmittedApp, submit_run
+from server.superlink import INSECURE_HOST, SuperLinkSettings, start_superlink
+from simulation.app import APPS, OUTCOME_KEY, RUN_CONFIG_DEFAULTS, SITES_KEY
+from simulation.partition import VirtualSite
+from wire.endpoint import Endpoint
+from wire.processes import stop_process, wait_until_listening
 
-log = logging.getLogger(__name__)
-
-# Ray must neither phone home nor open a dashboard; the hospitals' machines are offline.
+# Ray must neither phone home nor open a dashboard; the hospitals' machines are offline. Every Ray process of a
+# single-machine Ray listens on 127.0.0.1 only (Ray reads this switch, named for Windows/macOS, when imported).
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
-           "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+           "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 @dataclass
@@ -37,60 +48,66 @@ class SimulationOutcome:
     seconds: float
 
 
-def virtual_sites(config: DictConfig, dst: Path) -> list[VirtualSite]:
-    """Partition the run's patients over ``num_sites`` hospitals and link each one's folder under ``dst``."""
-    data = data_config(config)
-    folders = select_patients(data, load_protocol(config.protocol), int(config.seed))
-    train, val = partition(folders, OmegaConf.to_container(config.partition, resolve=True), int(config.num_sites),
-                           int(config.seed))
-    return write_sites(dst, train, val, data.train_split, data.val_split)
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((INSECURE_HOST, 0))
+        return int(sock.getsockname()[1])
 
 
-def backend_config(config: DictConfig) -> dict:
-    """Ray settings: small per-hospital resources, no dashboard; a local Ray on loopback only, or an existing
-    cluster if ``ray_address`` is set.
-    """
-    init_args: dict = {"include_dashboard": False}
-    if config.simulation.ray_address:
-        init_args["address"] = str(config.simulation.ray_address)
-    return {"client_resources": {"num_cpus": float(config.simulation.cpus_per_site), "num_gpus": 0.0},
-            "init_args": init_args}
+def ray_environment(config: DictConfig) -> dict[str, str]:
+    """The simulation's Ray: its own on loopback (``local``), or the cluster ``simulation.ray_address`` names."""
+    return {**RAY_ENV, "RAY_ADDRESS": str(config.simulation.ray_address or "local")}
+
+
+def federation(config: DictConfig) -> SimulationConfig:
+    """Flower's simulated federation: one SuperNode per hospital, each with its share of CPUs."""
+    return SimulationConfig(num_supernodes=int(config.num_sites),
+                            client_resources_num_cpus=float(config.simulation.cpus_per_site),
+                            client_resources_num_gpus=0.0)
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """Turn SIGTERM into ``SystemExit`` for the duration, so the cleanup below runs (and the process exits 143)."""
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _read_outcome(path: Path, seconds: float) -> SimulationOutcome:
+    record = json.loads(path.read_text())
+    fed = record["federation"]
+    outcome = FederationOutcome(**{**fed, "checkpoint": Path(fed["checkpoint"]),
+                                   "reports": [RoundReport(**r) for r in fed["reports"]]})
+    sites = [VirtualSite(s["name"], Path(s["path"]), [Path(p) for p in s["train"]], [Path(p) for p in s["val"]])
+             for s in record["sites"]]
+    return SimulationOutcome(outcome, sites, seconds)
 
 
 def simulate(config: DictConfig) -> SimulationOutcome:
-    """Run (or, with ``resume=``, continue) a federated simulation; Ray is shut down whatever happens."""
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    if not config.simulation.ray_address:
-        # A single-machine Ray: every Ray process listens on 127.0.0.1 only, never on the machine's network
-        # address (Ray reads this switch, named for Windows/macOS, when it is imported).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-    from flwr.simulation import run_simulation
-
+    """Run (or, with ``resume=``, continue) a federated simulation of ``config``; its output streams to stdout."""
     start = time.perf_counter()
-    logging.getLogger("flwr").propagate = False  # Flower logs through its own handler; do not print twice
-    config = copy.deepcopy(config)
-    if config.train.threads is None:
-        config.train.threads = int(config.simulation.threads_per_site)
-    tracker, config = open_run(config)
-    outcome: list[FederationOutcome] = []
-    try:
-        sites_dir = Path(config.simulation.sites_dir or Path("runs") / "sites" / tracker.run_id)
-        sites = virtual_sites(config, sites_dir)
-        for site in sites:
-            log.info("%s: %d training, %d validation patients (%s)", site.name, len(site.train), len(site.val),
-                     site.path)
-        server_app = make_server_app(config, on_done=outcome.append, tracker=tracker)
-        client_app = make_client_app({i: str(site.path.resolve()) for i, site in enumerate(sites)})
-        run_simulation(server_app, client_app, num_supernodes=len(sites), backend_config=backend_config(config))
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-    if not outcome:
-        tracker.finish("FAILED")
-        raise RuntimeError(f"the simulation ended without finishing run {tracker.run_id}; see the log above")
-    return SimulationOutcome(outcome[0], sites, time.perf_counter() - start)
+    sites_dir = Path(config.simulation.sites_dir or Path("runs") / "sites" / time.strftime("%Y%m%d-%H%M%S"))
+    with tempfile.TemporaryDirectory(prefix="fedrt-simulation-") as tmp, _sigterm_stops():
+        outcome_file = Path(tmp) / "outcome.json"
+        settings = SuperLinkSettings(Path(tmp) / "superlink", host=INSECURE_HOST, port=_free_port(), insecure=True,
+                                     simulation=True, workdir=Path.cwd())
+        run_config = {**RUN_CONFIG_DEFAULTS, CONFIG_KEY: encode_config(config),
+                      SITES_KEY: str(sites_dir.resolve()), OUTCOME_KEY: str(outcome_file)}
+        superlink = start_superlink(settings, settings.state_dir / "console.log", ray_environment(config))
+        try:
+            wait_until_listening(superlink, settings.host, settings.port, settings.state_dir / "console.log")
+            result = submit_run(Endpoint(settings.host, settings.port), None, [], insecure=True,
+                                app=SubmittedApp(APPS, run_config, federation(config)))
+        finally:
+            stop_process(superlink)
+        if not result.completed or not outcome_file.is_file():
+            raise DeploymentError(f"the simulation ended {result.status}:{result.sub_status} ({result.details}); "
+                                  "the output above says why; a run with round checkpoints resumes with "
+                                  "resume=<MLflow run id>")
+        return _read_outcome(outcome_file, time.perf_counter() - start)

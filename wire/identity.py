@@ -12,20 +12,22 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from protocols.errors import DataNotFoundError, DeploymentError
+
 
 def load_node_private_key(path: Path | str) -> ec.EllipticCurvePrivateKey:
     """A node's private key as Flower's SuperNode reads it; an error naming the file and the fix otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"node key {path} not found; create one with `fedrt certs node NAME --out DIR`")
+        raise DataNotFoundError(f"node key {path} not found; create one with `fedrt certs node NAME --out DIR`")
     try:
         key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path} is not an unencrypted OpenSSH-format private key ({exc}); create the node key "
-                         "with `fedrt certs node NAME --out DIR` and pass DIR/NAME.key") from exc
+        raise DeploymentError(f"{path} is not an unencrypted OpenSSH-format private key ({exc}); create the node key "
+                              "with `fedrt certs node NAME --out DIR` and pass DIR/NAME.key") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{path} is a {type(key).__name__}, but Flower's node authentication needs an EC key on a "
-                         "NIST curve; create one with `fedrt certs node NAME --out DIR`")
+        raise DeploymentError(f"{path} is a {type(key).__name__}, but Flower's node authentication needs an EC key "
+                              "on a NIST curve; create one with `fedrt certs node NAME --out DIR`")
     return key
 
 

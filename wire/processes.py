@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from protocols.errors import DeploymentError
+
 
 def flower_executable(name: str) -> str:
     """The absolute path of a Flower executable in this environment (its bin folder first, then PATH)."""
@@ -25,8 +27,8 @@ def flower_executable(name: str) -> str:
         return str(beside)
     found = shutil.which(name)
     if found is None:
-        raise FileNotFoundError(f"{name} not found next to {sys.executable} or on PATH; install fedrt's "
-                                "dependencies (flwr) into this environment")
+        raise DeploymentError(f"{name} not found next to {sys.executable} or on PATH; install fedrt's "
+                              "dependencies (flwr) into this environment")
     return found
 
 
@@ -63,8 +65,8 @@ def wait_until_listening(proc: subprocess.Popen, host: str, port: int, log_path:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
-            raise RuntimeError(f"{proc.args[0]} exited with code {proc.returncode} before listening on "
-                               f"{host}:{port}; its log ({log_path}) ends:\n{tail}")
+            raise DeploymentError(f"{proc.args[0]} exited with code {proc.returncode} before listening on "
+                                  f"{host}:{port}; its log ({log_path}) ends:\n{tail}")
         try:
             with socket.create_connection((host, port), timeout=1.0):
                 return

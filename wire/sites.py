@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-
-from flwr.app import Context, Message
+from typing import TYPE_CHECKING
 
 from wire.records import SITE, SITE_NAME
+
+if TYPE_CHECKING:
+    from flwr.app import Context, Message
 
 NAME_CONFIG = "site-name"  # node-config key of the operator's pseudonym
 PARTITION_CONFIG = "partition-id"  # node-config key Flower's simulation gives each virtual node

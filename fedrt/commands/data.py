@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 
 from fedrt.commands.dicom import add_import_dicom
-from protocols.dataset import ProtocolDataset
-from protocols.protocol import load_protocol
-from protocols.validation import Policy, print_reports
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from protocols.dataset import ProtocolDataset
+    from protocols.protocol import load_protocol
+    from protocols.validation import Policy, print_reports
+
     protocol = load_protocol(args.protocol)
     dataset = ProtocolDataset(args.path, protocol, Policy.IGNORE, require_dose=not args.no_dose)
     reports = dataset.reports()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from protocols.evaluation import EvaluationResult, evaluate_predictions
-from protocols.protocol import load_protocol
+if TYPE_CHECKING:
+    from protocols.evaluation import EvaluationResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +36,9 @@ def format_table(result: EvaluationResult) -> str:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from protocols.evaluation import evaluate_predictions
+    from protocols.protocol import load_protocol
+
     protocol = load_protocol(args.protocol)
     result = evaluate_predictions(args.reference, args.predictions, protocol, skip_missing=args.skip_missing)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))

@@ -9,10 +9,14 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from client.preflight import format_checks, run_preflight
-from client.supernode import DEFAULT_RUNTIME_PORT, NodeSettings, run_supernode
+from client.supernode import DEFAULT_RUNTIME_PORT
+from protocols.errors import ConfigError
 from wire.endpoint import Endpoint
+
+if TYPE_CHECKING:
+    from client.supernode import NodeSettings
 
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,18 +49,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> NodeSettings:
     """NodeSettings from the shared flags."""
+    from client.supernode import NodeSettings
+
     return NodeSettings(Endpoint.parse(args.superlink), args.ca, args.key, args.data, args.protocol, args.site_name,
                         args.runtime_port, args.state, args.insecure)
 
 
 def run_start(args: argparse.Namespace) -> int:
+    from client.supernode import run_supernode
+
     run_supernode(settings_from_args(args))
 
 
 def run_check(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not settings.insecure and (settings.ca is None or settings.key is None):
-        raise ValueError("give --ca CA.crt and --key NODE.key (or --insecure for a local test server)")
+        raise ConfigError("give --ca CA.crt and --key NODE.key (or --insecure for a local test server)")
+    from client.preflight import format_checks, run_preflight
+
     logging.getLogger("httpx").setLevel(logging.WARNING)
     checks, report = run_preflight(settings, args.timeout)
     if args.json:

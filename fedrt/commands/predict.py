@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
-
-import numpy as np
-from tqdm import tqdm
-
-from protocols.openkbp import replace_dir, write_sparse_csv
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,25 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def write_masks(patient_dir: Path, masks: dict[str, np.ndarray]) -> None:
-    """One OpenKBP mask file per structure (``,data`` header, ``flat_index,`` rows), the patient folder atomically."""
-    patient_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=patient_dir.parent, prefix=f".{patient_dir.name}-"))
-    try:
-        for name, mask in masks.items():
-            write_sparse_csv(staging / f"{name}.csv", mask, True, "%g")
-        replace_dir(staging, patient_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from models import loop
     from models.checkpoint import load_checkpoint
     from models.registry import resolve_model
     from protocols.dataset import ProtocolDataset
-    from protocols.openkbp import write_prediction
 
     model = load_checkpoint(resolve_model(args.model))
     task = model.task
@@ -53,10 +34,7 @@ def run(args: argparse.Namespace) -> int:
         if case is None:
             continue
         prediction = loop.predict(model.network, task, case)
-        if task.name == "dose":
-            write_prediction(out / f"{case.patient_id}.csv", prediction)
-        else:
-            write_masks(out / case.patient_id, prediction)
+        task.write_prediction(case, prediction, out)
         written += 1
     print(f"{written} of {len(dataset)} patients predicted into {out}")
     return 0 if written == len(dataset) else 1

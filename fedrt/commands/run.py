@@ -29,19 +29,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from protocols.errors import ConfigError
     from server.submit import submit_run
     from wire.endpoint import Endpoint
 
     if not args.insecure and args.ca is None:
-        raise ValueError("give --ca CA.crt (the federation's ca.crt from `fedrt certs init`)")
+        raise ConfigError("give --ca CA.crt (the federation's ca.crt from `fedrt certs init`)")
     if composed(args) is None:  # a bad override fails here, before anything is submitted
         return 0
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    try:
-        result = submit_run(Endpoint.parse(args.superlink), args.ca, args.overrides, args.insecure,
-                            follow=not args.detach)
-    except ConnectionError as exc:
-        raise ValueError(str(exc)) from exc
+    result = submit_run(Endpoint.parse(args.superlink), args.ca, args.overrides, args.insecure,
+                        follow=not args.detach)
     if args.detach:
         print(f"run {result.run_id}: {result.status}; its progress goes to the ServerApp's output on the server")
         return 0

@@ -10,10 +10,14 @@ import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from server.nodes import RegisteredNode, SuperLinkControl
+from protocols.errors import ConfigError
 from server.superlink import DEFAULT_HOST, DEFAULT_PORT, INSECURE_HOST, SuperLinkSettings, run_superlink
 from wire.endpoint import Endpoint
+
+if TYPE_CHECKING:
+    from server.nodes import RegisteredNode, SuperLinkControl
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +63,9 @@ def run_start(args: argparse.Namespace) -> int:
 
 def _control(args: argparse.Namespace) -> SuperLinkControl:
     if not args.insecure and args.ca is None:
-        raise ValueError("give --ca CA.crt (the federation's ca.crt from `fedrt certs init`)")
+        raise ConfigError("give --ca CA.crt (the federation's ca.crt from `fedrt certs init`)")
+    from server.nodes import SuperLinkControl
+
     logging.getLogger("httpx").setLevel(logging.WARNING)
     return SuperLinkControl(Endpoint.parse(args.superlink), args.ca, args.insecure)
 

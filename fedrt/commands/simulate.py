@@ -18,7 +18,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.tasks import task_class
     from simulation.run import simulate
 
     config = composed(args)
@@ -26,14 +25,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     outcome = simulate(config)
     federation = outcome.federation
-    for site in outcome.sites:
-        print(f"{site.name}: {len(site.train)} training, {len(site.val)} validation patients")
-    for report in federation.reports:
-        scores = ", ".join(f"{k}={report.server_metrics[k]:.4f}" for k in task_class(config.task.name).site_metrics
-                           if k in report.server_metrics)
-        loss = report.train_metrics.get("train_loss", float("nan"))
-        print(f"round {report.server_round}: train_loss={loss:.4f} {scores} ({report.seconds:.1f} s, "
-              f"{len(report.site_train)} sites, {len(report.rejected)} replies rejected)")
     model = f", registered version {federation.model_version}" if federation.model_version else ""
     print(f"MLflow run {federation.run_id} ({config.tracking.uri}){model}; {outcome.seconds:.0f} s in all")
     print(federation.checkpoint)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.serverapp.strategy import FedAdam as FlowerFedAdam
 
+from protocols.errors import ConfigError
 from server.strategies.screening import ScreenedStrategy
 
 MOMENTS = ("m_t", "v_t")
@@ -21,6 +22,6 @@ class FedAdam(ScreenedStrategy, FlowerFedAdam):
         """Continue from moments saved by ``optimizer_state`` (a round checkpoint)."""
         unknown = sorted(set(state) - set(MOMENTS))
         if unknown:
-            raise ValueError(f"unknown FedAdam state {unknown}; expected {list(MOMENTS)}")
+            raise ConfigError(f"unknown FedAdam state {unknown}; expected {list(MOMENTS)}")
         for name in MOMENTS:
             setattr(self, name, {k: np.asarray(v) for k, v in state[name].items()} if name in state else None)

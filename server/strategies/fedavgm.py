@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.serverapp.strategy import FedAvgM as FlowerFedAvgM
 
+from protocols.errors import ConfigError
 from server.strategies.screening import ScreenedStrategy
 
 VELOCITY = "momentum_vector"
@@ -27,6 +28,6 @@ class FedAvgM(ScreenedStrategy, FlowerFedAvgM):
         """Continue from the momentum saved by ``optimizer_state`` (a round checkpoint)."""
         unknown = sorted(set(state) - {VELOCITY})
         if unknown:
-            raise ValueError(f"unknown FedAvgM state {unknown}; expected [{VELOCITY!r}]")
+            raise ConfigError(f"unknown FedAvgM state {unknown}; expected [{VELOCITY!r}]")
         saved = state.get(VELOCITY)
         self.momentum_vector = None if saved is None else [np.asarray(saved[str(i)]) for i in range(len(saved))]

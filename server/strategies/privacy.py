@@ -29,6 +29,7 @@ from flwr.supercore.differential_privacy import compute_stdv
 from flwr.supercore.privacy_accounting import NeighboringRelation, SamplingMethod
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
+from protocols.errors import ConfigError
 from server.strategies.screening import ScreenedStrategy
 from server.validation import screen_replies
 from wire.records import NUM_EXAMPLES
@@ -58,12 +59,12 @@ class PrivacySettings:
                        float(section["target_delta"]),
                        None if section.get("max_epsilon") is None else float(section["max_epsilon"]))
         if settings.clipping not in WRAPPERS:
-            raise ValueError(f"privacy.clipping={settings.clipping!r}: choose client, server or null (off)")
+            raise ConfigError(f"privacy.clipping={settings.clipping!r}: choose client, server or null (off)")
         if settings.clipping_norm <= 0 or settings.noise_multiplier <= 0:
-            raise ValueError("privacy.clipping_norm and privacy.noise_multiplier must be positive "
-                             f"(got {settings.clipping_norm} and {settings.noise_multiplier})")
+            raise ConfigError("privacy.clipping_norm and privacy.noise_multiplier must be positive "
+                              f"(got {settings.clipping_norm} and {settings.noise_multiplier})")
         if not 0 < settings.target_delta < 1:
-            raise ValueError(f"privacy.target_delta={settings.target_delta} must lie strictly between 0 and 1")
+            raise ConfigError(f"privacy.target_delta={settings.target_delta} must lie strictly between 0 and 1")
         return settings
 
 
@@ -91,12 +92,12 @@ class PrivateStrategy:
 
     def __init__(self, strategy: ScreenedStrategy, settings: PrivacySettings, population: int):
         if isinstance(strategy, FlowerFedAdam):
-            raise ValueError("differential privacy noises the mean update; FedAdam's server optimiser would "
-                             "reshape that noise: use strategy=fedavg or strategy=fedprox with privacy")
+            raise ConfigError("differential privacy noises the mean update; FedAdam's server optimiser would "
+                              "reshape that noise: use strategy=fedavg or strategy=fedprox with privacy")
         if strategy.sequential:
-            raise ValueError("privacy.clipping bounds and noises the mean of the sites' updates, but strategy=cyclic "
-                             "passes one site's model to the next; use strategy=fedavg or strategy=fedprox with "
-                             "differential privacy, or privacy.clipping=null")
+            raise ConfigError("privacy.clipping bounds and noises the mean of the sites' updates, but strategy=cyclic "
+                              "passes one site's model to the next; use strategy=fedavg or strategy=fedprox with "
+                              "differential privacy, or privacy.clipping=null")
         self.strategy = strategy
         self.settings = settings
         self.population = max(int(population), 1)

@@ -10,6 +10,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from protocols.errors import ConfigError
 from server.validation import Screened, screen_replies
 
 Exchange = Callable[[list[Message]], list[Message]]  # sends messages, returns the replies that came back
@@ -70,4 +71,4 @@ class ScreenedStrategy:
     def load_optimizer_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
         """Restore a checkpointed optimiser state; a state this strategy cannot hold is an error."""
         if state:
-            raise ValueError(f"{type(self).__name__} keeps no optimiser state, but the checkpoint has {sorted(state)}")
+            raise ConfigError(f"{type(self).__name__} keeps no optimiser state, but the checkpoint has {sorted(state)}")
