@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from server.rounds import RoundReport
 from server.tracking import Tracker
 from wire.records import NUM_EXAMPLES
 
-OVERRIDES_KEY = "overrides"  # run config: Hydra overrides as a JSON list (``fedrt run``, ``flwr run --run-config``)
+OVERRIDES_KEY = "overrides"  # run config: Hydra overrides, shell-quoted (``fedrt run``, ``flwr run --run-config``)
 CONFIG_KEY = "config"  # run config: the whole composed config as JSON (``fedrt simulate``); wins over overrides
 APP_NAME = "fedrt"
 DEPLOYED_APPS = ("server.deployed:app", "client.app:app")  # (ServerApp, ClientApp) a SuperLink runs for fedrt run
@@ -49,13 +50,15 @@ def write_app_definition(folder: Path, components: tuple[str, str] = DEPLOYED_AP
                          config: dict[str, str] | None = None) -> Path:
     """Write the Flower app definition (``pyproject.toml``) into ``folder`` and return the folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pyproject.toml").write_text(app_definition(components, config or {OVERRIDES_KEY: "[]"}))
+    (folder / "pyproject.toml").write_text(app_definition(components, config or {OVERRIDES_KEY: ""}))
     return folder
 
 
 def encode_overrides(overrides: list[str]) -> str:
-    """The run-config value carrying the Hydra overrides (a JSON list of strings)."""
-    return json.dumps(list(overrides))
+    """The run-config value carrying the Hydra overrides: one shell-quoted string (Flower's run config holds
+    scalars only), e.g. ``preset=smoke rounds=2``.
+    """
+    return shlex.join(overrides)
 
 
 def encode_config(config: DictConfig) -> str:
@@ -66,12 +69,10 @@ def encode_config(config: DictConfig) -> str:
 def decode_overrides(run_config: dict[str, Any]) -> list[str]:
     """The Hydra overrides from a run config; an error naming the expected form otherwise."""
     try:
-        overrides = json.loads(str(run_config.get(OVERRIDES_KEY, "[]")))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"run config {OVERRIDES_KEY!r} is not JSON ({exc}); submit runs with `fedrt run`") from exc
-    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        raise ConfigError(f"run config {OVERRIDES_KEY!r} must be a JSON list of key=value strings")
-    return overrides
+        return shlex.split(str(run_config.get(OVERRIDES_KEY, "")))
+    except ValueError as exc:
+        raise ConfigError(f"run config {OVERRIDES_KEY!r} is not a list of key=value overrides ({exc}); give e.g. "
+                          "overrides=\"preset=smoke rounds=2\"") from exc
 
 
 def config_from_run(run_config: dict[str, Any]) -> DictConfig:
@@ -113,8 +114,10 @@ def _print_outcome(outcome: FederationOutcome) -> None:
 
 
 def serve(grid: Grid, context: Context, config: DictConfig,
-          on_done: Callable[[FederationOutcome], None] | None = None) -> None:
-    """Run the federation of ``config`` on ``grid``, streaming progress and one summary per round to the output."""
+          on_done: Callable[[FederationOutcome], None] | None = None, tracker: Tracker | None = None) -> None:
+    """Run the federation of ``config`` on ``grid``, streaming progress and one summary per round to the output;
+    ``tracker``: its MLflow run, already opened with ``open_run`` (which gave ``config``).
+    """
     progress = logging.StreamHandler(sys.stdout)
     progress.setFormatter(logging.Formatter("fedrt %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("server")
@@ -122,7 +125,7 @@ def serve(grid: Grid, context: Context, config: DictConfig,
     logger.addHandler(progress)
     logger.setLevel(logging.INFO)
     try:
-        tracker, run_config = open_run(config)
+        tracker, run_config = (tracker, config) if tracker is not None else open_run(config)
         print(f"fedrt: MLflow run {tracker.run_id} ({run_config.tracking.uri}); {run_config.rounds} rounds, "
               f"task {run_config.task.name}, strategy {run_config.strategy.name}", flush=True)
 

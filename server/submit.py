@@ -6,6 +6,7 @@ how it ended. The submitted Flower app names the installed fedrt's apps and inst
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
 import tempfile
 import time
@@ -74,6 +75,7 @@ def submit_run(endpoint: Endpoint, ca: Path | None, overrides: list[str], insecu
     ``app``: another app and run config than the deployment's (the simulation's).
     """
     out = out or sys.stdout
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call is noise here
     app = app or SubmittedApp(DEPLOYED_APPS, {OVERRIDES_KEY: encode_overrides(overrides)})
     client = control_client(endpoint, ca, insecure)
     try:
@@ -87,7 +89,7 @@ def submit_run(endpoint: Endpoint, ca: Path | None, overrides: list[str], insecu
         if not response.HasField("run_id"):
             raise DeploymentError(f"the SuperLink at {endpoint} did not start the run; see its superlink.log")
         run_id = response.run_id
-        print(f"fedrt run: submitted run {run_id} to {endpoint}", file=out, flush=True)
+        print(f"fedrt: submitted run {run_id} to {endpoint}", file=out, flush=True)
         if not follow:
             return _status(client, run_id)
         for chunk in client.StreamLogs(StreamLogsRequest(run_id=run_id, after_timestamp=0.0)):

@@ -13,18 +13,21 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # hospitals run offline; nothing phones home
-
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 
 from protocols.errors import ConfigError
 from server.rounds import RoundReport
+
+# MLflow's SQLite store trips SQLAlchemy deprecations that only MLflow can fix: not the user's concern.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mlflow(\.|$)")
 
 CONFIG_ARTIFACT = "config.json"
 CHECKPOINTS = "checkpoints"

@@ -3,9 +3,9 @@
 over the virtual hospitals (one folder of links per hospital) and runs the same federation as a deployment; each
 virtual SuperNode's ClientApp, the deployment's ClientApp, trains on its hospital's folder.
 
-Run config: ``overrides`` (Hydra overrides, JSON list) or ``config`` (a composed config, JSON); ``sites-dir``
-where the hospitals' folders go (empty: under the fedrt cache, one per Flower run); ``outcome-file`` where the
-ServerApp writes how the run ended (``fedrt simulate`` reads it).
+Run config: ``overrides`` (Hydra overrides, e.g. ``"preset=smoke rounds=2"``) or ``config`` (a composed
+config, JSON); ``sites-dir`` where the hospitals' folders go (empty: under the fedrt cache, one per Flower run);
+``outcome-file`` where the ServerApp writes how the run ended (``fedrt simulate`` reads it).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
-from protocols.files import atomic_write, cache_dir
 
 from client.app import make_client_app
 from models.centralized import data_config
+from protocols.files import atomic_write, cache_dir
 from protocols.protocol import load_protocol
 from protocols.splits import select_patients
 from server.deployed import CONFIG_KEY, OVERRIDES_KEY, config_from_run, serve
-from server.federation import FederationOutcome
+from server.federation import FederationOutcome, open_run
 from simulation.partition import VirtualSite, partition, write_sites
 from wire.sites import PARTITION_CONFIG
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 APPS = ("simulation.app:server_app", "simulation.app:client_app")  # the components ``pyproject.toml`` names too
 SITES_KEY = "sites-dir"
 OUTCOME_KEY = "outcome-file"
-RUN_CONFIG_DEFAULTS = {OVERRIDES_KEY: "[]", CONFIG_KEY: "", SITES_KEY: "", OUTCOME_KEY: ""}
+RUN_CONFIG_DEFAULTS = {OVERRIDES_KEY: "", CONFIG_KEY: "", SITES_KEY: "", OUTCOME_KEY: ""}
 
 
 def sites_dir(context: Context) -> Path:
@@ -80,13 +80,15 @@ server_app = ServerApp()
 @server_app.main()
 def server_main(grid: Grid, context: Context) -> None:
     """Partition the patients over the virtual hospitals, then run the federation as a deployment does."""
-    config = simulation_config(config_from_run(dict(context.run_config)), len(list(grid.get_node_ids())))
+    nodes = len(list(grid.get_node_ids()))
+    tracker, config = open_run(simulation_config(config_from_run(dict(context.run_config)), nodes))
+    config = simulation_config(config, nodes)  # a resumed run continues with the config it recorded
     sites = virtual_sites(config, sites_dir(context))
     for site in sites:
         print(f"fedrt: {site.name}: {len(site.train)} training, {len(site.val)} validation patients", flush=True)
     outcome_file = str(context.run_config.get(OUTCOME_KEY, ""))
     serve(grid, context, config, (lambda outcome: write_outcome(Path(outcome_file), outcome, sites))
-          if outcome_file else None)
+          if outcome_file else None, tracker)
 
 
 def _site_folder(context: Context) -> Path:

@@ -14,6 +14,7 @@ import json
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ def ray_environment(config: DictConfig) -> dict[str, str]:
 def federation(config: DictConfig) -> SimulationConfig:
     """Flower's simulated federation: one SuperNode per hospital, each with its share of CPUs."""
     return SimulationConfig(num_supernodes=int(config.num_sites),
-                            client_resources_num_cpus=float(config.simulation.cpus_per_site),
+                            client_resources_num_cpus=int(config.simulation.cpus_per_site),
                             client_resources_num_gpus=0.0)
 
 
@@ -72,6 +73,9 @@ def _sigterm_stops() -> Iterator[None]:
     def stop(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield

@@ -5,7 +5,6 @@ and follow it (progress and one summary per round, as the server's ServerApp pri
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -37,7 +36,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --ca CA.crt (the federation's ca.crt from `fedrt certs init`)")
     if composed(args) is None:  # a bad override fails here, before anything is submitted
         return 0
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     result = submit_run(Endpoint.parse(args.superlink), args.ca, args.overrides, args.insecure,
                         follow=not args.detach)
     if args.detach:
