@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from protocols.errors import ConfigError, DataNotFoundError, DeploymentError, OutputError
+from protocols.files import atomic_write
 
 CA_DAYS = 3650  # the federation's root of trust: replaced rarely, every node must get the new one
 SERVER_DAYS = 397  # the server certificate: renewed yearly with the same CA (no change at the hospitals)
@@ -67,7 +68,7 @@ def parse_hosts(hosts: Sequence[str], local_names: bool = True) -> list[x509.Gen
             entry: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
         except ValueError:
             if not _DNS_NAME.fullmatch(host):
-                raise ValueError(f"--host {host!r} is neither an IP address nor a DNS name; give the name or "
+                raise ConfigError(f"--host {host!r} is neither an IP address nor a DNS name; give the name or "
                                  "address the hospitals use to reach the server") from None
             entry = x509.DNSName(host.lower())
         if entry not in names:
@@ -75,26 +76,11 @@ def parse_hosts(hosts: Sequence[str], local_names: bool = True) -> list[x509.Gen
     return names
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a temporary file beside ``path`` with ``mode``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _refuse_overwrite(paths: Sequence[Path], force: bool) -> None:
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
-        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --force to replace "
-                              "(replacing the CA means every hospital needs the new ca.crt)")
+        raise OutputError(f"{', '.join(existing)} already exist(s); pass --force to replace "
+                          "(replacing the CA means every hospital needs the new ca.crt)")
 
 
 def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -138,7 +124,7 @@ def make_server_certificate(ca_cert: x509.Certificate, ca_key: ec.EllipticCurveP
     :data:`LOCAL_NAMES`, which the SuperLink itself needs; leave it on for a SuperLink.
     """
     if not hosts:
-        raise ValueError("give at least one --host: the DNS name or IP address the hospitals use for the server")
+        raise ConfigError("give at least one --host: the DNS name or IP address the hospitals use for the server")
     sans = parse_hosts(hosts, local_names)
     key = ec.generate_private_key(CURVE())
     start = valid_from or _utc_now() - dt.timedelta(minutes=5)
@@ -168,8 +154,8 @@ def write_server_certificate(folder: Path, ca_cert: x509.Certificate, ca_key: ec
     files = ServerFiles.under(folder)
     _refuse_overwrite([files.server_cert, files.server_key], force)
     cert, key = make_server_certificate(ca_cert, ca_key, hosts, valid_from, days)
-    _write_atomic(files.server_key, _private_pem(key), 0o600)
-    _write_atomic(files.server_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(files.server_key, _private_pem(key), 0o600)
+    atomic_write(files.server_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return files
 
 
@@ -181,12 +167,12 @@ def init_certificates(folder: Path | str, hosts: Sequence[str], force: bool = Fa
     files = ServerFiles.under(folder)
     _refuse_overwrite([files.ca_cert, files.ca_key, files.server_cert, files.server_key], force)
     if not hosts:
-        raise ValueError("give at least one --host: the DNS name or IP address the hospitals use for the server")
+        raise ConfigError("give at least one --host: the DNS name or IP address the hospitals use for the server")
     parse_hosts(hosts)
     folder.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = make_ca(hosts[0].strip("[]"), valid_from=valid_from, days=ca_days)
-    _write_atomic(files.ca_key, _private_pem(ca_key), 0o600)
-    _write_atomic(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(files.ca_key, _private_pem(ca_key), 0o600)
+    atomic_write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
     write_server_certificate(folder, ca_cert, ca_key, hosts, force=True, valid_from=valid_from, days=server_days)
     return files
 
@@ -196,12 +182,12 @@ def load_ca(folder: Path | str) -> tuple[x509.Certificate, ec.EllipticCurvePriva
     files = ServerFiles.under(folder)
     for path in (files.ca_cert, files.ca_key):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found; create the CA first with `fedrt certs init --out {folder} "
+            raise DataNotFoundError(f"{path} not found; create the CA first with `fedrt certs init --out {folder} "
                                     "--host NAME`")
     cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
     key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
-        raise ValueError(f"{files.ca_key} is not the key of {files.ca_cert}; restore the matching pair")
+        raise DeploymentError(f"{files.ca_key} is not the key of {files.ca_cert}; restore the matching pair")
     return cert, key
 
 
@@ -214,7 +200,7 @@ def renew_server_certificate(folder: Path | str, hosts: Sequence[str], days: int
 def create_node_keys(name: str, folder: Path | str, force: bool = False) -> NodeKeyFiles:
     """A node key pair as ``folder/NAME.key`` (OpenSSH EC private key, 0600) and ``folder/NAME.pub``."""
     if not _NODE_NAME.fullmatch(name):
-        raise ValueError(f"node name {name!r}: use letters, digits, '.', '_' or '-' (at most 64 characters), "
+        raise ConfigError(f"node name {name!r}: use letters, digits, '.', '_' or '-' (at most 64 characters), "
                          "e.g. the hospital's pseudonym site-a")
     folder = Path(folder)
     files = NodeKeyFiles(folder / f"{name}.key", folder / f"{name}.pub")
@@ -224,8 +210,8 @@ def create_node_keys(name: str, folder: Path | str, force: bool = False) -> Node
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    _write_atomic(files.private_key, private, 0o600)
-    _write_atomic(files.public_key, public + f" fedrt-{name}\n".encode(), 0o644)
+    atomic_write(files.private_key, private, 0o600)
+    atomic_write(files.public_key, public + f" fedrt-{name}\n".encode(), 0o644)
     return files
 
 
@@ -236,27 +222,27 @@ def verify_server_files(folder: Path | str, now: dt.datetime | None = None) -> x
     files = ServerFiles.under(folder)
     for path in (files.ca_cert, files.server_cert, files.server_key):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found; create the certificates with `fedrt certs init --out {folder} "
+            raise DataNotFoundError(f"{path} not found; create the certificates with `fedrt certs init --out {folder} "
                                     "--host NAME_OR_IP`")
     ca = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
     cert = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
     key = serialization.load_pem_private_key(files.server_key.read_bytes(), password=None)
     if key.public_key() != cert.public_key():
-        raise ValueError(f"{files.server_key} is not the key of {files.server_cert}; reissue both with "
+        raise DeploymentError(f"{files.server_key} is not the key of {files.server_cert}; reissue both with "
                          f"`fedrt certs renew --out {folder} --host NAME_OR_IP`")
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature) as exc:
-        raise ValueError(f"{files.server_cert} was not issued by {files.ca_cert}; reissue it with "
+        raise DeploymentError(f"{files.server_cert} was not issued by {files.ca_cert}; reissue it with "
                          f"`fedrt certs renew --out {folder} --host NAME_OR_IP`") from exc
     now = now or dt.datetime.now(dt.UTC)
     for path, c in ((files.ca_cert, ca), (files.server_cert, cert)):
         if now < c.not_valid_before_utc:
-            raise ValueError(f"{path} is valid only from {c.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; check this "
+            raise DeploymentError(f"{path} is valid only from {c.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; check this "
                              "machine's clock (NTP)")
         if now > c.not_valid_after_utc:
             fix = (f"`fedrt certs renew --out {folder} --host NAME_OR_IP`" if c is cert else
                    f"a new CA: `fedrt certs init --out {folder} --host NAME_OR_IP --force`, then give every hospital "
                    "the new ca.crt")
-            raise ValueError(f"{path} expired on {c.not_valid_after_utc:%Y-%m-%d} UTC; replace it with {fix}")
+            raise DeploymentError(f"{path} expired on {c.not_valid_after_utc:%Y-%m-%d} UTC; replace it with {fix}")
     return cert

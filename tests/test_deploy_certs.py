@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from client.identity import certificate_names, key_fingerprint, load_node_private_key
 from fedrt.commands import certs as certs_command
+from protocols.errors import ConfigError, DataNotFoundError, DeploymentError, OutputError
 from server.certs import (
     ServerFiles,
     create_node_keys,
@@ -82,12 +83,12 @@ def test_node_keys_are_openssh_ec_keys_on_a_nist_curve_that_flower_accepts(tmp_p
 def test_existing_files_are_not_overwritten_without_force(tmp_path):
     files = init_certificates(tmp_path, ["fl.example.org"])
     before = {p: p.read_bytes() for p in tmp_path.iterdir()}
-    with pytest.raises(FileExistsError, match="--force"):
+    with pytest.raises(OutputError, match="--force"):
         init_certificates(tmp_path, ["other.example.org"])
     assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before
     node = create_node_keys("site-a", tmp_path / "keys")
     key = node.private_key.read_bytes()
-    with pytest.raises(FileExistsError, match=r"site-a\.key"):
+    with pytest.raises(OutputError, match=r"site-a\.key"):
         create_node_keys("site-a", tmp_path / "keys")
     assert node.private_key.read_bytes() == key
     init_certificates(tmp_path, ["other.example.org"], force=True)
@@ -108,22 +109,22 @@ def test_server_files_that_cannot_work_are_refused_with_the_fix(tmp_path):
     files = init_certificates(tmp_path / "a", ["fl.example.org"])
     other = init_certificates(tmp_path / "b", ["fl.example.org"])
     files.server_key.write_bytes(other.server_key.read_bytes())
-    with pytest.raises(ValueError, match=r"is not the key of .*certs renew"):
+    with pytest.raises(DeploymentError, match=r"is not the key of .*certs renew"):
         verify_server_files(tmp_path / "a")
     files.server_cert.write_bytes(other.server_cert.read_bytes())
-    with pytest.raises(ValueError, match="was not issued by"):
+    with pytest.raises(DeploymentError, match="was not issued by"):
         verify_server_files(tmp_path / "a")
     old = init_certificates(tmp_path / "c", ["fl.example.org"],
                             valid_from=dt.datetime.now(dt.UTC) - dt.timedelta(days=500), server_days=30)
-    with pytest.raises(ValueError, match=r"server\.crt expired on .*certs renew"):
+    with pytest.raises(DeploymentError, match=r"server\.crt expired on .*certs renew"):
         verify_server_files(old.ca_cert.parent)
-    with pytest.raises(FileNotFoundError, match="certs init"):
+    with pytest.raises(DataNotFoundError, match="certs init"):
         verify_server_files(tmp_path / "missing")
 
 
 @pytest.mark.parametrize("host", ["not a host", "exa_mple.org", "-bad.org", ""])
 def test_hosts_that_are_neither_names_nor_addresses_are_refused(tmp_path, host):
-    with pytest.raises(ValueError, match="--host"):
+    with pytest.raises(ConfigError, match="--host"):
         init_certificates(tmp_path, [host] if host else [])
     assert not ServerFiles.under(tmp_path).ca_cert.exists()
 
@@ -132,10 +133,10 @@ def test_certs_command_creates_files_and_refuses_overwrite(tmp_path, capsys):
     out = tmp_path / "certs"
     assert _cli(["certs", "init", "--out", str(out), "--host", "fl.example.org", "192.0.2.10"]) == 0
     assert "192.0.2.10" in certificate_names(verify_server_files(out))
-    with pytest.raises(ValueError, match="already exist"):
+    with pytest.raises(OutputError, match="already exist"):
         _cli(["certs", "init", "--out", str(out), "--host", "fl.example.org"])
     assert _cli(["certs", "node", "site-b", "--out", str(tmp_path / "keys")]) == 0
     printed = capsys.readouterr().out
     assert "site-b.pub" in printed and "SHA256:" in printed
-    with pytest.raises(ValueError, match="node name"):
+    with pytest.raises(ConfigError, match="node name"):
         _cli(["certs", "node", "../escape", "--out", str(tmp_path / "keys")])

@@ -36,10 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_init(args: argparse.Namespace) -> int:
-    try:
-        files = init_certificates(args.out, args.host, force=args.force, ca_days=args.ca_days, server_days=args.days)
-    except FileExistsError as exc:
-        raise ValueError(str(exc)) from exc
+    files = init_certificates(args.out, args.host, force=args.force, ca_days=args.ca_days, server_days=args.days)
     print(f"CA:     {files.ca_cert} (give to every hospital: --ca)")
     print(f"        {files.ca_key} (secret, owner-only: it signs server certificates; only `certs renew` needs it)")
     print(f"server: {files.server_cert}, {files.server_key} (for `fedrt server start --certs {args.out}`)")
@@ -53,10 +50,7 @@ def run_renew(args: argparse.Namespace) -> int:
 
 
 def run_node(args: argparse.Namespace) -> int:
-    try:
-        files = create_node_keys(args.name, args.out, force=args.force)
-    except FileExistsError as exc:
-        raise ValueError(str(exc)) from exc
+    files = create_node_keys(args.name, args.out, force=args.force)
     fingerprint = key_fingerprint(load_node_private_key(files.private_key).public_key())
     print(f"private key: {files.private_key} (stays on this node: --key)")
     print(f"public key:  {files.public_key} ({fingerprint}); send it to the server operator, who runs "
