@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from protocols.openkbp import replace_dir, write_sparse_csv
+from protocols.files import refuse_non_empty, staged_folder
+from protocols.openkbp import write_sparse_csv
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,15 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def write_masks(patient_dir: Path, masks: dict[str, np.ndarray]) -> None:
     """One OpenKBP mask file per structure (``,data`` header, ``flat_index,`` rows), the patient folder atomically."""
-    patient_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=patient_dir.parent, prefix=f".{patient_dir.name}-"))
-    try:
+    with staged_folder(patient_dir, replace=True) as staging:
         for name, mask in masks.items():
             write_sparse_csv(staging / f"{name}.csv", mask, True, "%g")
-        replace_dir(staging, patient_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,10 +36,11 @@ def run(args: argparse.Namespace) -> int:
     from protocols.dataset import ProtocolDataset
     from protocols.openkbp import write_prediction
 
+    out = Path(args.out)
+    refuse_non_empty(out, "choose another --out or delete it")
     model = load_checkpoint(resolve_model(args.model))
     task = model.task
     dataset = ProtocolDataset(Path(args.data), task.protocol, args.policy, require_dose=False)
-    out = Path(args.out)
     written = 0
     for patient_dir in tqdm(dataset.patient_dirs, desc=f"predict {task.name}", unit="patient"):
         case, _ = dataset.load(patient_dir)
