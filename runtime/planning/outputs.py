@@ -15,8 +15,9 @@ import numpy as np
 import pydicom
 
 from protocols.case import Case
-from protocols.dicom.export import StudyContext, centred_grid, write_ct_series, write_rtdose, write_rtstruct
+from protocols.dicom.export import centred_grid, write_ct_series, write_rtdose, write_rtstruct
 from protocols.dicom.geometry import VolumeGrid
+from protocols.dicom.header import StudyContext
 from protocols.openkbp import write_prediction
 from protocols.protocol import Protocol
 from runtime.planning.plan import PlanResult
