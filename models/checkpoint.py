@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,9 @@ from torch import nn
 
 from models.config import ModelConfig, from_mapping
 from models.tasks import Task, make_task
-from protocols.protocol import Protocol, protocol_from_dict
+from protocols.errors import DataError, DataNotFoundError
+from protocols.files import atomic_file
+from protocols.protocol import protocol_from_dict, protocol_to_dict
 
 FORMAT = "fedrt-checkpoint/1"
 
@@ -28,16 +28,9 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def protocol_to_dict(protocol: Protocol) -> dict[str, Any]:
-    data = dataclasses.asdict(protocol)
-    data["grid"] = {"shape": list(protocol.grid.shape), "spacing_mm": list(protocol.grid.spacing_mm)}
-    return data
-
-
 def save_checkpoint(path: Path | str, task: Task, network: nn.Module, metadata: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint atomically (temp file + rename), creating the folder if needed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "task": task.name,
@@ -46,9 +39,8 @@ def save_checkpoint(path: Path | str, task: Task, network: nn.Module, metadata: 
         "state_dict": network.state_dict(),
         "metadata": metadata or {},
     }
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        torch.save(payload, handle)
-    os.replace(handle.name, path)
+    with atomic_file(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
@@ -56,13 +48,14 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
     """Rebuild task and network from a checkpoint file; a file of another kind is a clear error."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model checkpoint {path} not found; train one with `fedrt train`")
+        raise DataNotFoundError(f"model checkpoint {path} not found; train one with `fedrt train`")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path} is not a fedrt checkpoint ({exc}); give a file written by `fedrt train`") from exc
+        raise DataError(f"{path} is not a fedrt checkpoint ({exc}); give a file written by `fedrt train`") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a fedrt checkpoint (expected format {FORMAT})")
+        raise DataError(f"{path} is not a fedrt checkpoint (expected format {FORMAT}); give a file written by "
+                        "`fedrt train`")
     protocol = protocol_from_dict(payload["protocol"], source=str(path))
     task = make_task(payload["task"], protocol, from_mapping(ModelConfig, payload["model"]))
     network = task.build_network()

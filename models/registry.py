@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from protocols.openkbp import default_cache_dir
+from protocols.errors import ConfigError, DataError
+from protocols.files import cache_dir, staged_folder
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -35,7 +34,7 @@ def _pinned(reference: str, tracking_uri: str) -> str:
     try:
         version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        raise ValueError(f"{reference}: no alias {alias!r} of model {name!r} in {tracking_uri}; see `fedrt models "
+        raise ConfigError(f"{reference}: no alias {alias!r} of model {name!r} in {tracking_uri}; see `fedrt models "
                          f"list`, or set MLFLOW_TRACKING_URI to the store the model was registered in") from exc
     return f"models:/{name}/{version.version}"
 
@@ -50,23 +49,18 @@ def resolve_model(reference: str | Path, tracking_uri: str | None = None) -> Pat
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     pinned = _pinned(str(reference), uri)
-    folder = default_cache_dir() / "models" / hashlib.sha256(f"{uri}|{pinned}".encode()).hexdigest()[:16]
+    folder = cache_dir() / "models" / hashlib.sha256(f"{uri}|{pinned}".encode()).hexdigest()[:16]
     if not (folder / CHECKPOINT_FILE).is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".download-"))
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(staging),
-                                                             tracking_uri=uri, registry_uri=uri))
-            found = local if local.is_file() else local / CHECKPOINT_FILE
-            if not found.is_file():
-                raise ValueError(f"{reference} holds no {CHECKPOINT_FILE}; register models with `fedrt simulate`")
-            (staging / "ready").mkdir()
-            shutil.move(str(found), staging / "ready" / CHECKPOINT_FILE)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(staging / "ready", folder)
+            with staged_folder(folder, replace=True) as staging:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(staging),
+                                                                 tracking_uri=uri, registry_uri=uri))
+                found = local if local.is_file() else local / CHECKPOINT_FILE
+                if not found.is_file():
+                    raise DataError(f"{reference} holds no {CHECKPOINT_FILE}; register models with `fedrt simulate`")
+                if found != staging / CHECKPOINT_FILE:
+                    found.rename(staging / CHECKPOINT_FILE)
         except MlflowException as exc:
-            raise ValueError(f"cannot fetch {reference} from {uri}: {exc.message}") from exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            raise ConfigError(f"cannot fetch {reference} from {uri}: {exc.message}; check the model URI and "
+                              "MLFLOW_TRACKING_URI") from exc
     return folder / CHECKPOINT_FILE

@@ -9,6 +9,7 @@ import numpy as np
 
 from protocols.case import Case
 from protocols.dataset import ProtocolDataset
+from protocols.errors import DataError, DataNotFoundError
 from protocols.metrics import DVHMetricError, openkbp_dose_error, openkbp_dvh_errors
 from protocols.openkbp import read_prediction, source_file
 from protocols.protocol import Protocol
@@ -66,13 +67,14 @@ class EvaluationResult:
 def evaluate_dose(case: Case, predicted_dose_gy: np.ndarray, protocol: Protocol) -> PatientScore:
     """Score one in-memory prediction against the case's reference dose (as if written and read back)."""
     if case.dose_gy is None or case.possible_dose_mask is None:
-        raise ValueError(f"patient {case.patient_id} ({case.source}): scoring needs the reference dose and "
+        raise DataError(f"patient {case.patient_id} ({case.source}): scoring needs the reference dose and "
                          "the possible-dose mask; load the case with require_dose=True")
     if predicted_dose_gy.shape != case.shape:
-        raise ValueError(f"patient {case.patient_id}: predicted dose shape {predicted_dose_gy.shape} differs "
-                         f"from the case grid {case.shape}")
+        raise DataError(f"patient {case.patient_id}: predicted dose shape {predicted_dose_gy.shape} differs "
+                        f"from the case grid {case.shape}; predict on the reference patient's grid")
     if not np.all(np.isfinite(predicted_dose_gy)):
-        raise ValueError(f"patient {case.patient_id}: the predicted dose holds non-finite values")
+        raise DataError(f"patient {case.patient_id}: the predicted dose holds non-finite values; predict again, "
+                        "or replace NaN and infinite values")
     return PatientScore(
         patient=case.patient_id,
         dose_error=openkbp_dose_error(case.dose_gy, predicted_dose_gy, case.possible_dose_mask),
@@ -95,14 +97,14 @@ def evaluate_predictions(
     """
     predictions_dir = Path(predictions_dir)
     if not predictions_dir.is_dir():
-        raise FileNotFoundError(f"predictions folder {predictions_dir} does not exist")
+        raise DataNotFoundError(f"predictions folder {predictions_dir} does not exist; write it with `fedrt predict`")
     dataset = ProtocolDataset(reference_root, protocol, Policy.WARN, require_dose=True, cache_dir=cache_dir)
     scores, skipped = [], []
     for patient_dir in dataset.patient_dirs:
         path = source_file(predictions_dir, patient_dir.name)
         if path is None:
             if not skip_missing:
-                raise FileNotFoundError(
+                raise DataNotFoundError(
                     f"no prediction for reference patient {patient_dir.name}: "
                     f"{predictions_dir / (patient_dir.name + '.csv')} does not exist; write it, or pass "
                     "--skip-missing (skip_missing=True) to score only the patients that have a prediction")
@@ -113,6 +115,6 @@ def evaluate_predictions(
             raise DataValidationError(report)
         scores.append(evaluate_dose(case, read_prediction(path, case.shape), protocol))
     if not scores:
-        raise FileNotFoundError(f"none of the {len(dataset)} reference patients under {reference_root} has a "
-                                f"prediction (pt_N.csv) in {predictions_dir}")
+        raise DataNotFoundError(f"none of the {len(dataset)} reference patients under {reference_root} has a "
+                                f"prediction (pt_N.csv) in {predictions_dir}; check the two folders belong together")
     return EvaluationResult(scores, skipped)

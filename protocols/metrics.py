@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from protocols.errors import ConfigError, DataError
 from protocols.protocol import METRIC_PATTERN, ClinicalGoal, Protocol
 
 MM3_PER_CC = 1000.0
@@ -43,7 +44,7 @@ def _dose_at_cc(values: np.ndarray, volume_cc: float, voxel_volume_mm3: float) -
 def _metric_from_values(values: np.ndarray, metric: str, voxel_volume_mm3: float) -> float:
     match = METRIC_PATTERN.match(metric)
     if match is None:
-        raise ValueError(f"unknown DVH metric {metric!r}: use Dmean, D<x>cc or D<p>")
+        raise ConfigError(f"unknown DVH metric {metric!r}: use Dmean, D<x>cc or D<p>")
     if metric == "Dmean":
         return float(values.mean())
     if match["cc"] is not None:
@@ -145,7 +146,8 @@ def openkbp_dose_error(
                          f"{reference_dose_gy.shape}")
     voxels = int(np.count_nonzero(possible_dose_mask))
     if voxels == 0:
-        raise ValueError("the possible-dose mask is empty: the dose error is undefined")
+        raise DataError("the possible-dose mask is empty: the dose error is undefined; re-export the patient's "
+                        "possible_dose_mask")
     difference = np.asarray(reference_dose_gy, np.float64) - np.asarray(predicted_dose_gy, np.float64)
     return float(np.abs(difference).sum() / voxels)
 

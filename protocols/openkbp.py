@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from protocols.case import Case
-from protocols.protocol import Protocol
+from protocols.errors import DataError
+from protocols.files import atomic_file, staged_folder
+from protocols.files import cache_dir as fedrt_cache_dir
+from protocols.protocol import Protocol, protocol_digest
 from protocols.validation import CaseReport, Finding, Policy, Severity, apply_policy
 
 CT_OFFSET = 1000.0
@@ -27,13 +27,8 @@ CACHE_VERSION = "1"
 REQUIRED = ("ct", "possible_dose_mask", "voxel_dimensions")
 
 
-class PredictionFileError(ValueError):
+class PredictionFileError(DataError):
     """A prediction file that cannot be used; the message names the file and the fix."""
-
-
-def default_cache_dir() -> Path:
-    """Where parsed cases are cached: ``$FEDRT_CACHE`` or ``~/.cache/fedrt``."""
-    return Path(os.environ.get("FEDRT_CACHE", Path.home() / ".cache" / "fedrt"))
 
 
 def source_file(patient_dir: Path, name: str) -> Path | None:
@@ -154,8 +149,9 @@ def _read_spacing(path: Path, report: CaseReport) -> tuple[float, float, float] 
 
 
 def _source_key(patient_dir: Path, protocol: Protocol, require_dose: bool) -> str:
-    """A digest of everything the parsed case depends on; any change to a source file changes it."""
-    digest = hashlib.sha256(f"{CACHE_VERSION}|{patient_dir.resolve()}|{protocol.name}|{require_dose}".encode())
+    """A digest of everything the parsed case depends on; any change to a source file or the protocol changes it."""
+    digest = hashlib.sha256(
+        f"{CACHE_VERSION}|{patient_dir.resolve()}|{protocol_digest(protocol)}|{require_dose}".encode())
     for path in sorted(patient_dir.iterdir()):
         if path.is_file():
             stat = path.stat()
@@ -172,7 +168,7 @@ def load_openkbp_case(
 ) -> tuple[Case | None, CaseReport]:
     """Read a patient through the binary cache: CSV is parsed once, again only when a source file changes."""
     patient_dir = Path(patient_dir)
-    folder = (cache_dir or default_cache_dir()) / "openkbp" / hashlib.sha256(
+    folder = (cache_dir or fedrt_cache_dir()) / "openkbp" / hashlib.sha256(
         str(patient_dir.resolve()).encode()).hexdigest()[:16]
     cached = folder / f"{_source_key(patient_dir, protocol, require_dose)}.npz"
     if cached.is_file():
@@ -188,7 +184,6 @@ def load_openkbp_case(
 
 
 def _save_cached(path: Path, case: Case, report: CaseReport) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     names = sorted(case.structures)
     payload = {
         "ct_stored": (case.ct_hu + CT_OFFSET).astype(np.int16),
@@ -201,9 +196,8 @@ def _save_cached(path: Path, case: Case, report: CaseReport) -> None:
     }
     if case.dose_gy is not None:
         payload["dose_gy"] = case.dose_gy
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        np.savez(handle, **payload)
-    os.replace(handle.name, path)
+    with atomic_file(path) as tmp:
+        np.savez(tmp, **payload)
 
 
 def _load_cached(path: Path, patient_dir: Path) -> tuple[Case, CaseReport]:
@@ -234,15 +228,13 @@ def _load_cached(path: Path, patient_dir: Path) -> tuple[Case, CaseReport]:
 def write_prediction(path: Path | str, dose_gy: np.ndarray) -> Path:
     """Write a dose as an OpenKBP prediction file (``,data`` header, non-zero voxels), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     flat = np.asarray(dose_gy, dtype=np.float64).ravel()
     if not np.all(np.isfinite(flat)):
         raise PredictionFileError(f"refusing to write {path}: the dose holds non-finite values")
     index = np.flatnonzero(flat)
     frame = pd.DataFrame({"data": flat[index]}, index=pd.Index(index))
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        frame.to_csv(handle, float_format="%.6g")
-    os.replace(handle.name, path)
+    with atomic_file(path) as tmp:
+        frame.to_csv(tmp, float_format="%.6g")
     return path
 
 
@@ -283,11 +275,8 @@ def write_openkbp_case(case: Case, patient_dir: Path | str, compress: bool = Fal
     ``extra_files`` (file name -> text) are written alongside, e.g. a provenance record.
     """
     patient_dir = Path(patient_dir)
-    patient_dir.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".csv.gz" if compress else ".csv"
-    staging = Path(tempfile.mkdtemp(prefix=f".{patient_dir.name}.", dir=patient_dir.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp makes it private; the dataset folder is meant to be shared
+    with staged_folder(patient_dir, replace=True) as staging:
         ct_stored = np.clip(np.round(case.ct_hu) + CT_OFFSET, 0, CT_STORED_MAX)
         write_sparse_csv(staging / f"ct{suffix}", ct_stored, False, "%.1f")
         if case.dose_gy is not None:
@@ -300,19 +289,4 @@ def write_openkbp_case(case: Case, patient_dir: Path | str, compress: bool = Fal
         np.savetxt(staging / f"voxel_dimensions{suffix}", np.asarray(case.spacing_mm, dtype=np.float64))
         for name, content in (extra_files or {}).items():
             (staging / name).write_text(content)
-        replace_dir(staging, patient_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return patient_dir
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Move a finished folder into place; an older folder there is swapped out first, then deleted."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        os.replace(target, old / target.name)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

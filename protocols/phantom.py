@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from protocols.case import Case
-from protocols.openkbp import default_cache_dir, write_openkbp_case
+from protocols.errors import ConfigError
+from protocols.files import cache_dir, staged_folder
+from protocols.openkbp import write_openkbp_case
 from protocols.protocol import Grid, Protocol
 
 GENERATOR_VERSION = 1
@@ -67,7 +66,7 @@ def phantom_grid(protocol: Protocol, shape: tuple[int, int, int] | None = None) 
         return protocol.grid
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or min(shape) < 16:
-        raise ValueError(f"phantom shape must be three sizes of at least 16 voxels, got {shape}")
+        raise ConfigError(f"phantom shape must be three sizes of at least 16 voxels, got {shape}; give e.g. 64,64,64")
     spacing = tuple(
         round(s * n / m, 6)
         for s, n, m in zip(protocol.grid.spacing_mm, protocol.grid.shape, shape, strict=True)
@@ -83,7 +82,7 @@ def phantom_protocol(protocol: Protocol, shape: tuple[int, int, int] | None = No
 def _check_protocol(protocol: Protocol) -> None:
     unknown = [n for n in protocol.oars if n not in PHANTOM_OARS]
     if unknown or not 1 <= len(protocol.targets) <= 3:
-        raise ValueError(
+        raise ConfigError(
             f"protocol {protocol.name}: the head-and-neck phantom draws OARs {', '.join(PHANTOM_OARS)} "
             f"and 1-3 targets; it cannot draw {', '.join(unknown) or f'{len(protocol.targets)} targets'}. "
             "Use hn-openkbp, or give data.root=PATH of a real dataset for this protocol"
@@ -268,7 +267,8 @@ def generate_phantom(
     """Phantom patient number ``patient`` of dataset ``seed``: CT (HU), contours and synthetic dose (Gy)."""
     _check_protocol(protocol)
     if seed < 0 or patient < 1:
-        raise ValueError(f"phantom seed must be >= 0 and patient >= 1, got seed={seed}, patient={patient}")
+        raise ConfigError(f"phantom seed must be >= 0 and patient >= 1, got seed={seed}, patient={patient}; "
+                          "give a seed of 0 or more")
     grid = phantom_grid(protocol, shape)
     rng = np.random.default_rng([int(seed), int(patient), GENERATOR_VERSION])
     f, masks, params = _draw_anatomy(rng, grid)
@@ -339,40 +339,15 @@ def write_phantom_dataset(
     """Write ``pt_1..pt_N`` phantoms under ``dst`` atomically (built next to it, then renamed into place)."""
     dst = Path(dst)
     if n_patients < 1:
-        raise ValueError(f"need at least one phantom patient, got n_patients={n_patients}")
-    if dst.exists() and not dst.is_dir():
-        raise FileExistsError(f"{dst} exists and is not a folder; choose another destination")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{dst} exists and is not empty; choose another destination or replace it "
-            "(overwrite=True, fedrt phantoms --overwrite)"
-        )
+        raise ConfigError(f"need at least one phantom patient, got n_patients={n_patients}; ask for --n 1 or more")
+    fix = "choose another destination or replace it (overwrite=True, fedrt phantoms --overwrite)"
     _check_protocol(protocol)
     grid = phantom_grid(protocol, shape)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.tmp-"))
-    try:
+    with staged_folder(dst, replace=overwrite, fix=fix) as staging:
         for patient in range(1, n_patients + 1):
             write_openkbp_case(generate_phantom(protocol, seed, patient, shape), staging / f"pt_{patient}")
-        (staging / MANIFEST).write_text(
-            json.dumps(_manifest(protocol, n_patients, seed, grid), indent=2) + "\n"
-        )
-        _move_into_place(staging, dst, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        (staging / MANIFEST).write_text(json.dumps(_manifest(protocol, n_patients, seed, grid), indent=2) + "\n")
     return [dst / f"pt_{patient}" for patient in range(1, n_patients + 1)]
-
-
-def _move_into_place(staging: Path, dst: Path, overwrite: bool) -> None:
-    """Rename a finished folder onto ``dst``; ``overwrite`` first moves an existing one aside to delete."""
-    if overwrite and dst.is_dir() and any(dst.iterdir()):
-        old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.old-"))
-        os.replace(dst, old / dst.name)
-        os.replace(staging, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, dst)
 
 
 def phantom_cache_path(
@@ -380,7 +355,7 @@ def phantom_cache_path(
 ) -> Path:
     """Where :func:`ensure_phantom_dataset` keeps the phantoms of these parameters."""
     label = "x".join(str(n) for n in phantom_grid(protocol, shape).shape)
-    return default_cache_dir() / "phantoms" / f"{protocol.name}-n{n_patients}-s{seed}-{label}"
+    return cache_dir() / "phantoms" / f"{protocol.name}-n{n_patients}-s{seed}-{label}"
 
 
 def ensure_phantom_dataset(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import yaml
+
+from protocols.errors import ConfigError, DataNotFoundError
 
 DEFINITIONS = "definitions"
 METRIC_PATTERN = re.compile(r"^(Dmean|D(?P<cc>\d+(\.\d+)?)cc|D(?P<pct>\d+(\.\d+)?))$")
@@ -39,11 +44,11 @@ class ClinicalGoal:
 
     def __post_init__(self) -> None:
         if not METRIC_PATTERN.match(self.metric):
-            raise ValueError(f"goal {self}: metric must be Dmean, D<x>cc or D<p>, got {self.metric!r}")
+            raise ConfigError(f"goal {self}: metric must be Dmean, D<x>cc or D<p>, got {self.metric!r}")
         if self.op not in ("<=", ">="):
-            raise ValueError(f"goal {self}: op must be '<=' or '>=', got {self.op!r}")
+            raise ConfigError(f"goal {self}: op must be '<=' or '>=', got {self.op!r}")
         if (self.limit_gy is None) == (self.limit_rx is None):
-            raise ValueError(f"goal {self}: give exactly one of limit_gy and limit_rx")
+            raise ConfigError(f"goal {self}: give exactly one of limit_gy and limit_rx")
 
     @property
     def label(self) -> str:
@@ -113,12 +118,13 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise FileNotFoundError(f"protocol file {path} does not exist")
+            raise DataNotFoundError(f"protocol file {path} does not exist; give the path of a protocol .yaml file "
+                                    f"or a shipped protocol name ({', '.join(available_protocols())})")
         text = path.read_text()
     else:
         resource = resources.files(__package__) / DEFINITIONS / f"{name_or_path}.yaml"
         if not resource.is_file():
-            raise ValueError(
+            raise ConfigError(
                 f"unknown protocol {name_or_path!r}; shipped protocols: {', '.join(available_protocols())}, "
                 "or give the path of a protocol .yaml file"
             )
@@ -141,18 +147,30 @@ def protocol_from_dict(data: dict, source: str = "<dict>") -> Protocol:
             goals=goals,
         )
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"protocol {source}: missing or malformed field {exc}") from exc
+        raise ConfigError(f"protocol {source}: missing or malformed field {exc}") from exc
     names = set(protocol.structure_names)
     for s in structures:
         if s.kind not in ("oar", "target"):
-            raise ValueError(f"protocol {source}: structure {s.name} kind must be 'oar' or 'target'")
+            raise ConfigError(f"protocol {source}: structure {s.name} kind must be 'oar' or 'target'")
         if s.is_target and s.prescription_gy is None:
-            raise ValueError(f"protocol {source}: target {s.name} needs prescription_gy")
+            raise ConfigError(f"protocol {source}: target {s.name} needs prescription_gy")
         if s.mirror and s.mirror not in names:
-            raise ValueError(f"protocol {source}: {s.name} mirrors unknown structure {s.mirror}")
+            raise ConfigError(f"protocol {source}: {s.name} mirrors unknown structure {s.mirror}")
     for g in goals:
         if g.structure not in names:
-            raise ValueError(f"protocol {source}: goal {g.label} names unknown structure {g.structure}")
+            raise ConfigError(f"protocol {source}: goal {g.label} names unknown structure {g.structure}")
         if g.limit_rx is not None and not protocol.structure(g.structure).is_target:
-            raise ValueError(f"protocol {source}: goal {g.label} is relative to Rx but {g.structure} is an OAR")
+            raise ConfigError(f"protocol {source}: goal {g.label} is relative to Rx but {g.structure} is an OAR")
     return protocol
+
+
+def protocol_to_dict(protocol: Protocol) -> dict:
+    """The protocol as the mapping :func:`protocol_from_dict` reads (stored in checkpoints and sent to sites)."""
+    data = dataclasses.asdict(protocol)
+    data["grid"] = {"shape": list(protocol.grid.shape), "spacing_mm": list(protocol.grid.spacing_mm)}
+    return data
+
+
+def protocol_digest(protocol: Protocol) -> str:
+    """A digest of the protocol's whole content: two protocols of the same name but other structures differ."""
+    return hashlib.sha256(json.dumps(protocol_to_dict(protocol), sort_keys=True).encode()).hexdigest()[:16]

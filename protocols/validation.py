@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from protocols.errors import DataError
+
 log = logging.getLogger(__name__)
 
 
@@ -76,7 +78,7 @@ class CaseReport:
         return "error" if self.errors else "warning" if self.warnings else "ok"
 
 
-class DataValidationError(ValueError):
+class DataValidationError(DataError):
     """Raised under ``Policy.RAISE``: the message lists every error and warning with its file and fix."""
 
     def __init__(self, report: CaseReport):

@@ -17,9 +17,12 @@ from models import loop
 from models.checkpoint import Checkpoint
 from protocols.case import Case
 from protocols.dicom.ct import read_ct_series
-from protocols.dicom.export import CtReference, StudyContext, centred_grid, export_case, write_rtstruct
+from protocols.dicom.export import CtReference, centred_grid, write_rtstruct, write_study
 from protocols.dicom.geometry import VolumeGrid, resample
+from protocols.dicom.header import StudyContext
 from protocols.dicom.importer import scan_folder
+from protocols.errors import ConfigError, DataNotFoundError, DicomError
+from protocols.files import refuse_non_empty, staged_folder
 from protocols.openkbp import is_patient_dir, load_openkbp_case
 from protocols.protocol import Protocol
 from protocols.validation import CaseReport, DataValidationError, Policy, apply_policy
@@ -56,12 +59,13 @@ def read_planning_ct(source: Path, protocol: Protocol, policy: Policy | str = Po
         return PlanningCt(case.patient_id, case.ct_hu, centred_grid(case.shape, case.spacing_mm),
                           StudyContext(case.patient_id), None)
     if not source.is_dir():
-        raise FileNotFoundError(f"{source} is neither a DICOM folder nor an OpenKBP patient folder")
+        raise DataNotFoundError(f"{source} is neither a DICOM folder nor an OpenKBP patient folder; give the folder "
+                                "of one patient's planning CT")
     patients, _ = scan_folder(source)
     series = [(pid, uid, items) for pid, files in patients.items() for uid, items in files.ct_series.items()]
     if len(series) != 1:
         found = ", ".join(f"{pid}/{uid}" for pid, uid, _ in series) or "none"
-        raise ValueError(f"{source}: expected exactly one CT series, found {len(series)} ({found}); "
+        raise DicomError(f"{source}: expected exactly one CT series, found {len(series)} ({found}); "
                          "give a folder holding one patient's planning CT")
     patient_id, _, items = series[0]
     report = CaseReport(patient_id, source)
@@ -90,10 +94,14 @@ def predict_masks(model: Checkpoint, ct: PlanningCt) -> dict[str, np.ndarray]:
 
 
 def segment(source: Path | str, model: Checkpoint, out_dir: Path | str) -> SegmentationResult:
-    """Segment one patient and write ``RS_<patient>.dcm`` (plus the CT for OpenKBP input) and ``overview.png``."""
+    """Segment one patient into a new or empty ``out_dir``: ``RS_<patient>.dcm`` (for OpenKBP input the CT series
+    and ``RTSTRUCT.dcm``) and ``overview.png``; the folder appears complete or not at all.
+    """
     if model.task.name != "seg":
-        raise ValueError(f"the model is a {model.task.name} model; `fedrt segment` needs a segmentation model")
+        raise ConfigError(f"the model is a {model.task.name} model; `fedrt segment` needs a segmentation model")
     out_dir = Path(out_dir)
+    fix = "choose another --out or delete it"
+    refuse_non_empty(out_dir, fix)
     timings = {}
     start = time.perf_counter()
     ct = read_planning_ct(Path(source), model.task.protocol)
@@ -102,16 +110,15 @@ def segment(source: Path | str, model: Checkpoint, out_dir: Path | str) -> Segme
     masks = predict_masks(model, ct)
     timings["predict"] = time.perf_counter() - start
     start = time.perf_counter()
-    if ct.reference is None:
-        case = Case(ct.patient_id, ct.ct_hu, ct.grid.spacing_mm, structures=masks)
-        written = export_case(case, out_dir, ct.grid, model.task.protocol, ct.context)
-        rtstruct = written.rtstruct
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        rtstruct = write_rtstruct(masks, ct.grid, ct.reference, out_dir / f"RS_{ct.patient_id}.dcm", ct.context)
-    overview = write_overview(ct, masks, out_dir / "overview.png")
+    with staged_folder(out_dir, fix=fix) as staging:
+        if ct.reference is None:
+            case = Case(ct.patient_id, ct.ct_hu, ct.grid.spacing_mm, structures=masks)
+            rtstruct = write_study(case, staging, ct.grid, model.task.protocol, ct.context).rtstruct
+        else:
+            rtstruct = write_rtstruct(masks, ct.grid, ct.reference, staging / f"RS_{ct.patient_id}.dcm", ct.context)
+        overview = write_overview(ct, masks, staging / "overview.png")
     timings["write"] = time.perf_counter() - start
-    return SegmentationResult(masks, rtstruct, overview, timings)
+    return SegmentationResult(masks, out_dir / rtstruct.name, out_dir / overview.name, timings)
 
 
 def write_overview(ct: PlanningCt, masks: dict[str, np.ndarray], path: Path, n_slices: int = 4) -> Path:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from protocols.errors import ConfigError
+from protocols.files import staged_folder
 from protocols.splits import PatientSelection
 
 PARTITIONERS = ("iid", "skew", "sites")
@@ -115,10 +114,8 @@ def partition(folders: PatientSelection, spec: dict[str, Any], num_sites: int,
 def write_sites(dst: Path, train: list[list[Path]], val: list[list[Path]], train_split: str = "train-pats",
                 val_split: str = "validation-pats") -> list[VirtualSite]:
     """One folder per site under ``dst`` holding links to its patients; replaces ``dst`` as a whole."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}-"))
     sites = []
-    try:
+    with staged_folder(dst, replace=True) as staging:
         for i, (site_train, site_val) in enumerate(zip(train, val, strict=True)):
             name = f"site-{i}"
             for split, patients in ((train_split, site_train), (val_split, site_val)):
@@ -126,9 +123,4 @@ def write_sites(dst: Path, train: list[list[Path]], val: list[list[Path]], train
                 for patient in patients:
                     os.symlink(patient.resolve(), staging / name / split / patient.name, target_is_directory=True)
             sites.append(VirtualSite(name, dst / name, site_train, site_val))
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(staging, dst)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return sites

@@ -12,8 +12,9 @@ from dicom_cases import ct_files, dice, edit, export_small, small_case
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from protocols.dicom.export import StudyContext, centred_grid, write_rtdose
+from protocols.dicom.export import centred_grid, write_rtdose
 from protocols.dicom.geometry import VolumeGrid
+from protocols.dicom.header import StudyContext
 from protocols.dicom.importer import load_dicom_cases
 from protocols.dicom.rtdose import read_rtdose
 from protocols.dicom.rtplan import read_rtplan

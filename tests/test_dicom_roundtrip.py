@@ -12,13 +12,37 @@ import pytest
 from dicom_cases import ct_files, dice, export_small
 
 from fedrt.cli import build_parser
-from protocols.dicom.export import export_case
+from protocols.dicom.export import export_case, write_ct_series, write_rtdose
+from protocols.dicom.geometry import VolumeGrid
+from protocols.dicom.header import StudyContext
 from protocols.dicom.importer import SIDECAR, UNASSIGNED, import_dicom, load_dicom_cases, read_sidecar_grid
+from protocols.errors import OutputError
 from protocols.openkbp import read_openkbp_case
 from protocols.validation import Policy
 
 ON_PROTOCOL_GRID = ["train-pats/pt_1", "validation-pats/pt_202"]
 OTHER_GRID = "validation-pats/pt_203"  # 3.906 x 3.906 x 3.0 mm: resampled along the slices on import
+
+
+def long_decimal_strings(path: Path) -> list[str]:
+    """The DS values of a written file that do not fit a DICOM decimal string (16 characters), as written."""
+    too_long = []
+    for element in pydicom.dcmread(path, stop_before_pixels=True).iterall():
+        if element.VR == "DS" and element.value not in (None, ""):
+            values = element.value if element.VM > 1 else [element.value]
+            too_long += [f"{element.tag} {v}" for v in values if len(str(v)) > 16]
+    return too_long
+
+
+def test_positions_that_need_more_than_16_characters_are_written_as_valid_decimal_strings(tmp_path):
+    origin = (0.1 + 0.2, -240.51140299999997, 1 / 3)
+    grid = VolumeGrid((4, 5, 3), (0.7, 0.9, 1.1), origin)
+    context = StudyContext("ds-length")
+    _, paths = write_ct_series(np.zeros(grid.shape, np.float32), grid, tmp_path, context)
+    dose = write_rtdose(np.full(grid.shape, 0.3), grid, tmp_path / "RTDOSE.dcm", context, "1.2.3")
+    assert [long_decimal_strings(path) for path in [*paths, dose]] == [[]] * (len(paths) + 1)
+    position = [float(v) for v in pydicom.dcmread(paths[1]).ImagePositionPatient]
+    assert position == pytest.approx(grid.to_mm((0, 0, 1)), abs=1e-9)
 
 
 def assert_same_case(imported, original):
@@ -130,7 +154,7 @@ def test_export_of_an_imported_patient_puts_the_ct_back_where_it_was(protocol, t
         return dicom_case.grid.to_mm(np.argwhere(dicom_case.case.ct_hu > -500).mean(axis=0))
 
     np.testing.assert_allclose(body_centre_mm(after), body_centre_mm(before), atol=1.0)
-    with pytest.raises(ValueError, match="not an empty folder"):
+    with pytest.raises(OutputError, match=f"{tmp_path / 'again'} exists and is not empty; choose another OUT"):
         args.run(args)
 
 

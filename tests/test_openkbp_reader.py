@@ -14,6 +14,7 @@ from fedrt.cli import main
 from protocols.case import AXES
 from protocols.dataset import ProtocolDataset, find_patient_dirs
 from protocols.openkbp import load_openkbp_case, read_openkbp_case
+from protocols.protocol import protocol_from_dict, protocol_to_dict
 from protocols.validation import DataValidationError, Policy
 
 
@@ -65,6 +66,20 @@ def test_cache_is_used_then_invalidated_when_a_source_changes(openkbp_root, prot
     changed, _ = load_openkbp_case(patient, protocol, cache_dir=cache)
     assert changed.dose_gy.sum() == pytest.approx(5.0)
     assert len(list(cache.rglob("*.npz"))) == 1, "the stale cache entry is removed"
+
+
+def test_a_changed_protocol_of_the_same_name_is_parsed_again(openkbp_root, protocol, tmp_path):
+    patient = openkbp_root / "train-pats" / "pt_1"
+    cache = tmp_path / "cache"
+    full, _ = load_openkbp_case(patient, protocol, cache_dir=cache)
+    assert "Brainstem" in full.structures
+    data = protocol_to_dict(protocol)
+    data["structures"] = [s for s in data["structures"] if s["name"] != "Brainstem"]
+    data["goals"] = [g for g in data["goals"] if g["structure"] != "Brainstem"]
+    fewer = protocol_from_dict(data)
+    assert fewer.name == protocol.name
+    changed, _ = load_openkbp_case(patient, fewer, cache_dir=cache)
+    assert set(changed.structures) == set(full.structures) - {"Brainstem"}
 
 
 def test_plain_csv_is_read_like_gzip(openkbp_root, protocol, tmp_path):

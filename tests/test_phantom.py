@@ -12,6 +12,7 @@ import pytest
 from fedrt.commands import phantoms as phantoms_command
 from protocols import phantom
 from protocols.dataset import ProtocolDataset
+from protocols.errors import OutputError
 from protocols.openkbp import load_openkbp_case
 from protocols.phantom import (
     ensure_phantom_dataset,
@@ -188,7 +189,7 @@ def test_refuses_a_non_empty_destination_unless_asked(tmp_path, protocol):
     dst = tmp_path / "ds"
     dst.mkdir()
     (dst / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(OutputError, match=f"{dst} exists and is not empty; choose another destination"):
         write_phantom_dataset(dst, protocol, 1, seed=0, shape=SHAPE)
     assert [p.name for p in dst.iterdir()] == ["keep.txt"]
     write_phantom_dataset(dst, protocol, 2, seed=0, shape=SHAPE, overwrite=True)
@@ -282,7 +283,7 @@ def test_phantoms_command_writes_and_refuses_to_overwrite(tmp_path, capsys):
     assert args.run(args) == 0
     assert "wrote 1 phantom patients" in capsys.readouterr().out
     assert (dst / "pt_1" / "dose.csv").is_file()
-    assert args.run(args) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    with pytest.raises(OutputError, match=f"{dst} exists and is not empty.*--overwrite"):
+        args.run(args)
     args = _cli(["phantoms", str(dst), "--n", "2", "--overwrite"])
     assert args.run(args) == 0 and (dst / "pt_2").is_dir()

@@ -1,9 +1,13 @@
-"""``fedrt plan`` on a real OpenKBP patient: arguments, the target-dose hook, and (slow) a full plan."""
+"""``fedrt plan`` on a real OpenKBP patient: the target-dose hook, the output folder, and (slow) a full plan."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +18,11 @@ from models import loop
 from models.checkpoint import save_checkpoint
 from models.config import ModelConfig
 from models.tasks import make_task
+from protocols.errors import ConfigError, OutputError
 from protocols.openkbp import load_openkbp_case, read_prediction
+from runtime.planning.pipeline import contour_missing_oars, target_dose_for
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def parse(argv):
@@ -26,11 +34,11 @@ def parse(argv):
 def test_target_dose_reads_an_openkbp_dose_file(openkbp_root, protocol):
     patient = openkbp_root / "validation-pats" / "pt_201"
     case, _ = load_openkbp_case(patient, protocol)
-    args = parse([str(patient), "--target-dose", str(patient / "dose.csv.gz"), "--out", "unused"])
-    dose, label = plan_command.target_dose_for(args, case, protocol)
+    dose, label = target_dose_for(case, protocol, target_dose=patient / "dose.csv.gz")
     np.testing.assert_allclose(dose, case.dose_gy, atol=1e-4)
     assert "dose.csv.gz" in label
-    assert args.beams == 9 and args.density_table(np.array([0.0]))[0] == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="exactly one"):
+        target_dose_for(case, protocol)
 
 
 def test_dose_model_prediction_is_the_dose_to_mimic(openkbp_root, protocol, tmp_path):
@@ -41,15 +49,12 @@ def test_dose_model_prediction_is_the_dose_to_mimic(openkbp_root, protocol, tmp_
     task = make_task("dose", protocol, config)
     network = task.build_network()
     model = save_checkpoint(tmp_path / "dose.pt", task, network)
-    args = parse([str(patient), "--dose-model", str(model), "--out", "unused"])
-    dose, label = plan_command.target_dose_for(args, case, protocol)
+    dose, label = target_dose_for(case, protocol, dose_model=str(model))
     np.testing.assert_array_equal(dose, loop.predict(network, task, case))
     assert "dose.pt" in label
     seg = make_task("seg", protocol, config)
-    args = parse([str(patient), "--dose-model", str(save_checkpoint(tmp_path / "seg.pt", seg, seg.build_network())),
-                  "--out", "unused"])
     with pytest.raises(ValueError, match="give a dose model"):
-        plan_command.target_dose_for(args, case, protocol)
+        target_dose_for(case, protocol, dose_model=str(save_checkpoint(tmp_path / "seg.pt", seg, seg.build_network())))
 
 
 def test_seg_model_contours_only_the_missing_oars(openkbp_root, protocol, tmp_path):
@@ -63,18 +68,30 @@ def test_seg_model_contours_only_the_missing_oars(openkbp_root, protocol, tmp_pa
             if isinstance(module, torch.nn.Conv3d) and module.out_channels == len(protocol.oars):
                 module.weight.zero_()
                 module.bias.fill_(5.0)
-    added = plan_command.contour_missing_oars(case, str(save_checkpoint(tmp_path / "seg.pt", seg, network)))
+    added = contour_missing_oars(case, str(save_checkpoint(tmp_path / "seg.pt", seg, network)))
     assert added == ["Esophagus", "Larynx"]
     for name, mask in given.items():
         np.testing.assert_array_equal(case.structures[name], mask)
 
 
-def test_plan_refuses_a_non_empty_output_folder(openkbp_root, tmp_path):
+def test_plan_refuses_a_non_empty_output_folder_before_any_work(openkbp_root, tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("x")
     patient = openkbp_root / "validation-pats" / "pt_201"
     args = parse([str(patient), "--target-dose", str(patient / "dose.csv.gz"), "--out", str(tmp_path)])
-    with pytest.raises(FileExistsError, match="not an empty folder"):
+    with pytest.raises(OutputError, match=f"{tmp_path} exists and is not empty; choose another --out or delete it"):
         plan_command.run_plan(args)
+    assert "[load]" not in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_plan_command_imports_no_heavy_library_until_it_runs():
+    heavy = ("numpy", "torch", "scipy", "pydicom", "matplotlib", "pandas")
+    code = ("import sys, argparse; from fedrt.commands import plan; "
+            "plan.register(argparse.ArgumentParser().add_subparsers()); "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.slow

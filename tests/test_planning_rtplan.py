@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 import subprocess
 
@@ -50,6 +51,22 @@ def test_final_dose_is_the_dose_of_the_segments(planned):
     diff = np.abs(sampled - plan.fluence_dose_gy)
     assert np.median(diff) < 0.03 * 50.0
     assert plan.n_segments > len(plan.beams)
+
+
+STUDY_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+                    "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID",
+                    "Manufacturer", "SoftwareVersions", "SpecificCharacterSet")
+
+
+def test_ct_rtstruct_rtdose_and_rtplan_of_a_patient_carry_identical_patient_and_study_attributes(planned):
+    case, _, _, _, files, _ = planned
+    objects = [next(files.dicom_folder.glob("CT*.dcm")), files.rtstruct, files.rtdose, files.rtplan]
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in objects]
+    assert [ds.Modality for ds in headers] == ["CT", "RTSTRUCT", "RTDOSE", "RTPLAN"]
+    values = [{keyword: str(ds.get(keyword)) for keyword in STUDY_ATTRIBUTES} for ds in headers]
+    assert values[1:] == values[:1] * 3
+    assert values[0]["PatientName"] == f"{case.patient_id}^" and values[0]["PatientID"] == case.patient_id
+    assert values[0]["SoftwareVersions"] == importlib.metadata.version("fedrt")
 
 
 def test_rtplan_geometry_matches_the_engine(planned):

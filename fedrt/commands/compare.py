@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 from fedrt.config import add_override_arguments, composed
@@ -21,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from protocols.files import atomic_write
     from simulation.compare import compare
 
     config = composed(args)
@@ -29,10 +28,7 @@ def run(args: argparse.Namespace) -> int:
     table, run_id = compare(config)
     print(table)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, suffix=".tmp", delete=False) as handle:
-            handle.write(table)
-        os.replace(handle.name, args.out)
+        atomic_write(args.out, table)
         print(args.out)
     print(f"logged as comparison.md in MLflow run {run_id}")
     return 0

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from protocols.dicom.export import export_case
 from protocols.dicom.importer import FORMATS, import_dicom, read_sidecar_grid
+from protocols.errors import OutputError
+from protocols.files import refuse_non_empty
 from protocols.openkbp import load_openkbp_case
 from protocols.protocol import load_protocol
-from protocols.validation import DataValidationError, Policy, print_reports
+from protocols.validation import Policy, print_reports
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,20 +41,18 @@ def add_import_dicom(data_subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    if Path(args.dst).exists() and not Path(args.dst).is_dir():
+        raise OutputError(f"{args.dst} exists and is not a folder; give the dataset folder to import the patients into")
     reports = import_dicom(args.src, args.dst, load_protocol(args.protocol), args.fmt, args.names, args.policy)
     return print_reports(reports, args.json)
 
 
 def run_export(args: argparse.Namespace) -> int:
+    fix = "choose another OUT folder or delete it"
+    refuse_non_empty(args.out, fix)
     protocol = load_protocol(args.protocol)
-    try:
-        case, _ = load_openkbp_case(args.patient, protocol, Policy.RAISE, require_dose=False)
-    except DataValidationError as exc:
-        raise ValueError(str(exc)) from exc
-    try:
-        exported = export_case(case, args.out, read_sidecar_grid(Path(args.patient)), protocol)
-    except FileExistsError as exc:
-        raise ValueError(str(exc)) from exc  # printed by the CLI as a one-line error
+    case, _ = load_openkbp_case(args.patient, protocol, Policy.RAISE, require_dose=False)
+    exported = export_case(case, args.out, read_sidecar_grid(Path(args.patient)), protocol, fix=fix)
     print(f"wrote {len(exported.ct_files)} CT slices, {exported.rtstruct.name}"
           f"{', ' + exported.rtdose.name if exported.rtdose else ''} to {exported.folder}")
     return 0

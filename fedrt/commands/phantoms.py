@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-
-from protocols.phantom import write_phantom_dataset
-from protocols.protocol import load_protocol
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,11 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_phantoms(args: argparse.Namespace) -> int:
+    from protocols.phantom import write_phantom_dataset
+    from protocols.protocol import load_protocol
+
     protocol = load_protocol(args.protocol)
-    try:
-        written = write_phantom_dataset(args.dst, protocol, args.n, args.seed, overwrite=args.overwrite)
-    except FileExistsError as exc:
-        print(f"fedrt phantoms: error: {exc}", file=sys.stderr)
-        return 2
+    written = write_phantom_dataset(args.dst, protocol, args.n, args.seed, overwrite=args.overwrite)
     print(f"wrote {len(written)} phantom patients ({protocol.name}, seed {args.seed}) to {args.dst}")
     return 0

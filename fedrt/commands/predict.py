@@ -23,11 +23,13 @@ def run(args: argparse.Namespace) -> int:
     from models.checkpoint import load_checkpoint
     from models.registry import resolve_model
     from protocols.dataset import ProtocolDataset
+    from protocols.files import refuse_non_empty
 
+    out = Path(args.out)
+    refuse_non_empty(out, "choose another --out or delete it")
     model = load_checkpoint(resolve_model(args.model))
     task = model.task
     dataset = ProtocolDataset(Path(args.data), task.protocol, args.policy, require_dose=False)
-    out = Path(args.out)
     written = 0
     for patient_dir in tqdm(dataset.patient_dirs, desc=f"predict {task.name}", unit="patient"):
         case, _ = dataset.load(patient_dir)

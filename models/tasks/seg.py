@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +13,9 @@ from models import encoding
 from models.config import ModelConfig
 from models.tasks.base import Prepared, Task
 from protocols.case import Case
+from protocols.files import staged_folder
 from protocols.metrics import dice, hausdorff95_mm
-from protocols.openkbp import replace_dir, write_sparse_csv
+from protocols.openkbp import write_sparse_csv
 from protocols.protocol import Protocol
 
 
@@ -105,13 +104,7 @@ class SegTask(Task[dict[str, np.ndarray], dict[str, float]]):
     def write_prediction(self, case: Case, prediction: dict[str, np.ndarray], out_dir: Path) -> Path:
         """One OpenKBP mask file per OAR (``,data`` header, ``flat_index,`` rows); the patient folder atomically."""
         patient_dir = out_dir / case.patient_id
-        patient_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=patient_dir.parent, prefix=f".{patient_dir.name}-"))
-        try:
+        with staged_folder(patient_dir, replace=True) as staging:
             for name, mask in prediction.items():
                 write_sparse_csv(staging / f"{name}.csv", mask, True, "%g")
-            replace_dir(staging, patient_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return patient_dir

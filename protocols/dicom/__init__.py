@@ -2,5 +2,6 @@
 
 Modules, one job each: ``geometry`` (grids in patient space, resampling), ``raster`` (contours <-> masks),
 ``names`` (structure-name mapping), ``ct``/``rtstruct``/``rtdose``/``rtplan`` (readers), ``study`` (one
-patient's objects -> a case), ``importer`` (folders -> protocol dataset), ``export`` (writers).
+patient's objects -> a case), ``importer`` (folders -> protocol dataset), ``header`` (what every written
+object shares), ``export`` (writers).
 """

@@ -1,5 +1,8 @@
 """Read DICOM attributes defensively: a missing or malformed value raises one error type that names the
 attribute, what was expected and what was found, so readers can turn it into a finding with the file.
+
+Readers catch :data:`MALFORMED` only: what reading and decoding a damaged file raises. Anything else (a
+``TypeError``, ``KeyError``, ``IndexError``...) is a bug in fedrt and shows its traceback.
 """
 
 from __future__ import annotations
@@ -10,13 +13,20 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
-# What a malformed file can raise from inside pydicom or numpy while its values are read.
-MALFORMED = (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
-             EOFError, OSError, NotImplementedError, RuntimeError, ArithmeticError, struct.error,
-             BytesLengthException)
+from protocols.errors import DicomError
+
+# What reading or decoding a damaged file raises (pydicom 3.0: filereader, hooks, values, valuerep): not a DICOM
+# file or a truncated one (InvalidDicomError, EOFError, OSError, struct.error), a value that does not convert
+# (ValueError, including UnicodeDecodeError; BytesLengthException; OverflowError for a too-long DS; an unknown VR is
+# NotImplementedError), and fedrt's own findings (DicomError, which AttributeProblem is).
+MALFORMED = (InvalidDicomError, DicomError, ValueError, OverflowError, EOFError, OSError, struct.error,
+             BytesLengthException, NotImplementedError)
+# What pydicom's pixel decoding raises besides: a missing pixel module attribute (AttributeError), no decoder for
+# the transfer syntax (RuntimeError).
+PIXEL_DECODING = (*MALFORMED, AttributeError, RuntimeError)
 
 
-class AttributeProblem(ValueError):
+class AttributeProblem(DicomError):
     """A required DICOM attribute is missing or malformed."""
 
 
@@ -90,3 +100,11 @@ def sequence(ds: Dataset, keyword: str) -> list[Dataset]:
     if not all(isinstance(item, Dataset) for item in value):
         raise AttributeProblem(f"{keyword} must be a sequence of items")
     return list(value)
+
+
+def pixel_data(ds: Dataset) -> np.ndarray:
+    """The decoded pixel data; pixel data pydicom cannot decode raises :class:`DicomError` saying why."""
+    try:
+        return ds.pixel_array
+    except PIXEL_DECODING as exc:
+        raise DicomError(f"PixelData cannot be decoded ({type(exc).__name__}: {exc})") from exc

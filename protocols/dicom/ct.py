@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from protocols.dicom.attributes import MALFORMED, AttributeProblem, floats, has, number, text
+from protocols.dicom.attributes import MALFORMED, AttributeProblem, floats, has, number, pixel_data, text
 from protocols.dicom.geometry import SliceStack, VolumeGrid, stack_to_volume
 from protocols.validation import CaseReport, Severity
 
@@ -131,7 +131,7 @@ def _hu(ds: Dataset, path: Path, report: CaseReport) -> np.ndarray:
     slope, intercept = number(ds, "RescaleSlope", 1.0), number(ds, "RescaleIntercept", 0.0)
     if slope == 0:
         raise AttributeProblem("RescaleSlope is 0")
-    pixels = ds.pixel_array
+    pixels = pixel_data(ds)
     if pixels.ndim != 2:
         raise AttributeProblem(f"expected one 2-D image per CT file, found pixel data of shape {pixels.shape}")
     return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)

@@ -1,50 +1,36 @@
 """Write DICOM: a CT series, an RT Structure Set from masks and an RT Dose, all in one study and frame.
 
-Every object carries the Patient, General Study, Series, Frame of Reference, General Equipment and SOP
-Common modules and passes ``dciodvfy`` without errors. Contours are traced on the CT slices they belong to
+Every object starts from :func:`protocols.dicom.header.new_dataset` (the modules all of a study's objects share)
+and passes ``dciodvfy`` without errors. Contours are traced on the CT slices they belong to
 (``raster.trace_polygons``) and reference those slices, the CT series and the frame of reference. The dose
 is a multi-frame 16-bit grid on the CT grid with relative GridFrameOffsetVector (first value 0).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
-from fedrt import __version__
 from protocols.case import Case
 from protocols.dicom.ct import CT_IMAGE_STORAGE
 from protocols.dicom.geometry import VolumeGrid
+from protocols.dicom.header import StudyContext, new_dataset, save_dataset
 from protocols.dicom.raster import trace_polygons
 from protocols.dicom.rtdose import RT_DOSE_STORAGE
 from protocols.dicom.rtplan import RT_PLAN_STORAGE
 from protocols.dicom.rtstruct import RT_STRUCTURE_SET_STORAGE
+from protocols.errors import ConfigError
+from protocols.files import staged_folder
 from protocols.protocol import Protocol
 
-MANUFACTURER = "fedrt"
 PALETTE = ((255, 0, 0), (0, 160, 255), (0, 200, 0), (255, 160, 0), (200, 0, 255), (0, 220, 200),
            (255, 90, 160), (150, 110, 40), (120, 120, 255), (200, 200, 0))
 DOSE_MAX_STORED = 2**16 - 1  # 16-bit dose: steps of max/65535 (about 1 mGy), read by every system
-
-
-@dataclass
-class StudyContext:
-    """Who and what the exported objects belong to: patient, study and frame of reference."""
-
-    patient_id: str
-    patient_name: str = ""
-    study_uid: str = field(default_factory=generate_uid)
-    frame_of_reference_uid: str = field(default_factory=generate_uid)
-    when: dt.datetime = field(default_factory=dt.datetime.now)
 
 
 @dataclass
@@ -75,44 +61,6 @@ def centred_grid(shape: tuple[int, int, int], spacing_mm: tuple[float, float, fl
     return VolumeGrid(tuple(shape), tuple(float(s) for s in spacing_mm), origin)
 
 
-def _base(context: StudyContext, sop_class: str, modality: str, series_uid: str, series_number: int,
-          instance: int) -> Dataset:
-    """A dataset with the modules every exported object shares, ready for its IOD-specific attributes."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    date, time = context.when.strftime("%Y%m%d"), context.when.strftime("%H%M%S")
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
-    ds.StudyDate, ds.StudyTime = date, time
-    ds.AccessionNumber = ""
-    ds.Modality = modality
-    ds.Manufacturer = MANUFACTURER
-    ds.ReferringPhysicianName = ""
-    name = context.patient_name or context.patient_id
-    ds.PatientName = name if "^" in name else f"{name}^"  # family^given: the bare form is a retired one
-    ds.PatientID = context.patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
-    ds.SoftwareVersions = __version__
-    ds.StudyInstanceUID = context.study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.StudyID = "1"
-    ds.SeriesNumber = series_number
-    ds.InstanceNumber = instance
-    return ds
-
-
-def _save(ds: Dataset, path: Path) -> Path:
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def write_ct_series(ct_hu: np.ndarray, grid: VolumeGrid, folder: Path, context: StudyContext) -> tuple[
         CtReference, list[Path]]:
     """One CT Image file per slice (axis 2, superior first), HU stored as signed 16-bit with slope 1."""
@@ -120,13 +68,10 @@ def write_ct_series(ct_hu: np.ndarray, grid: VolumeGrid, folder: Path, context: 
     stored = np.clip(np.round(ct_hu), -32768, 32767).astype(np.int16)
     uids, paths = [], []
     for k in range(grid.shape[2]):
-        ds = _base(context, CT_IMAGE_STORAGE, "CT", series_uid, 1, k + 1)
-        ds.SeriesDescription = "CT"
+        ds = new_dataset(context, CT_IMAGE_STORAGE, "CT", 1, "CT", series_uid, k + 1)
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
         ds.PatientPosition = "HFS"
         ds.Laterality = ""  # type 2C, unknown for arrays without anatomy metadata (dciodvfy: a warning)
-        ds.FrameOfReferenceUID = context.frame_of_reference_uid
-        ds.PositionReferenceIndicator = ""
         ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
         ds.AcquisitionNumber = 1
         ds.PatientOrientation = ""
@@ -143,18 +88,14 @@ def write_ct_series(ct_hu: np.ndarray, grid: VolumeGrid, folder: Path, context: 
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
         ds.PixelData = np.ascontiguousarray(stored[:, :, k]).tobytes()
         uids.append(ds.SOPInstanceUID)
-        paths.append(_save(ds, folder / f"CT.{k + 1:04d}.dcm"))
+        paths.append(save_dataset(ds, folder / f"CT.{k + 1:04d}.dcm"))
     return CtReference(series_uid, tuple(uids)), paths
 
 
 def write_rtstruct(masks: dict[str, np.ndarray], grid: VolumeGrid, ct: CtReference, path: Path,
                    context: StudyContext, interpreted_types: dict[str, str] | None = None) -> Path:
     """An RT Structure Set with one ROI per mask, contoured on the referenced CT slices."""
-    ds = _base(context, RT_STRUCTURE_SET_STORAGE, "RTSTRUCT", generate_uid(), 2, 1)
-    ds.SeriesDescription = "Structures"
-    ds.OperatorsName = ""
-    ds.FrameOfReferenceUID = context.frame_of_reference_uid
-    ds.PositionReferenceIndicator = ""
+    ds = new_dataset(context, RT_STRUCTURE_SET_STORAGE, "RTSTRUCT", 2, "Structures")
     ds.StructureSetLabel = "fedrt"
     ds.StructureSetDate, ds.StructureSetTime = ds.StudyDate, ds.StudyTime
     frame = Dataset()
@@ -193,7 +134,7 @@ def write_rtstruct(masks: dict[str, np.ndarray], grid: VolumeGrid, ct: CtReferen
     ds.StructureSetROISequence = Sequence(rois)
     ds.ROIContourSequence = Sequence(contours)
     ds.RTROIObservationsSequence = Sequence(observations)
-    return _save(ds, path)
+    return save_dataset(ds, path)
 
 
 def _image_ref(uid: str) -> Dataset:
@@ -221,11 +162,7 @@ def _contours(mask: np.ndarray, grid: VolumeGrid, ct: CtReference) -> list[Datas
 def write_rtdose(dose_gy: np.ndarray, grid: VolumeGrid, path: Path, context: StudyContext,
                  plan_uid: str) -> Path:
     """A multi-frame RT Dose (unsigned 16-bit, DoseGridScaling in Gy) on the grid, frames superior first."""
-    ds = _base(context, RT_DOSE_STORAGE, "RTDOSE", generate_uid(), 3, 1)
-    ds.SeriesDescription = "Dose"
-    ds.OperatorsName = ""
-    ds.FrameOfReferenceUID = context.frame_of_reference_uid
-    ds.PositionReferenceIndicator = ""
+    ds = new_dataset(context, RT_DOSE_STORAGE, "RTDOSE", 3, "Dose")
     ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
     dose = np.maximum(np.asarray(dose_gy, dtype=np.float64), 0.0)
     scaling = float(dose.max()) / DOSE_MAX_STORED if dose.max() > 0 else 1.0
@@ -249,41 +186,41 @@ def write_rtdose(dose_gy: np.ndarray, grid: VolumeGrid, path: Path, context: Stu
     plan.ReferencedSOPInstanceUID = plan_uid
     ds.ReferencedRTPlanSequence = Sequence([plan])
     ds.PixelData = np.ascontiguousarray(stored.transpose(2, 0, 1)).tobytes()
-    return _save(ds, path)
+    return save_dataset(ds, path)
+
+
+def write_study(case: Case, folder: Path, grid: VolumeGrid, protocol: Protocol | None,
+                context: StudyContext) -> ExportedStudy:
+    """Write a case as CT series + RTSTRUCT (+ RTDOSE when it has a dose) into an existing folder.
+
+    Targets of ``protocol`` get the interpreted type PTV, other structures ORGAN (without a protocol, names
+    starting with PTV are the targets).
+    """
+    if grid.shape != case.shape:
+        raise ConfigError(f"grid shape {grid.shape} does not match the case's arrays {case.shape}; give the grid "
+                          "the case was read on")
+    targets = set(protocol.targets) if protocol else {n for n in case.structures if n.upper().startswith("PTV")}
+    types = {name: "PTV" if name in targets else "ORGAN" for name in case.structures}
+    ct_ref, ct_files = write_ct_series(case.ct_hu, grid, folder, context)
+    masks = {name: mask for name, mask in case.structures.items() if mask.any()}
+    rtstruct = write_rtstruct(masks, grid, ct_ref, folder / "RTSTRUCT.dcm", context, types)
+    rtdose = None
+    if case.dose_gy is not None:
+        rtdose = write_rtdose(case.dose_gy, grid, folder / "RTDOSE.dcm", context, generate_uid())
+    return ExportedStudy(folder, ct_files, rtstruct, rtdose)
 
 
 def export_case(case: Case, out_dir: Path | str, grid: VolumeGrid | None = None,
-                protocol: Protocol | None = None, context: StudyContext | None = None) -> ExportedStudy:
-    """Write a case as CT series + RTSTRUCT (+ RTDOSE when it has a dose) into an empty or new folder.
+                protocol: Protocol | None = None, context: StudyContext | None = None,
+                fix: str = "give a new or empty output folder") -> ExportedStudy:
+    """Write a case with :func:`write_study` into a new or empty folder, which appears complete or not at all.
 
-    ``grid`` places the arrays in patient coordinates (default: centred on the DICOM origin); targets of
-    ``protocol`` get the interpreted type PTV, other structures ORGAN. The folder appears complete or not
-    at all (written next to it, then renamed).
+    ``grid`` places the arrays in patient coordinates (default: centred on the DICOM origin); ``fix`` is what a
+    non-empty ``out_dir`` tells the user to do.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} exists and is not an empty folder; give a new or empty output folder")
-    grid = grid or centred_grid(case.shape, case.spacing_mm)
-    if grid.shape != case.shape:
-        raise ValueError(f"grid shape {grid.shape} does not match the case's arrays {case.shape}")
-    context = context or StudyContext(case.patient_id)
-    targets = set(protocol.targets) if protocol else {n for n in case.structures if n.upper().startswith("PTV")}
-    types = {name: "PTV" if name in targets else "ORGAN" for name in case.structures}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
-        ct_ref, ct_files = write_ct_series(case.ct_hu, grid, staging, context)
-        masks = {name: mask for name, mask in case.structures.items() if mask.any()}
-        rtstruct = write_rtstruct(masks, grid, ct_ref, staging / "RTSTRUCT.dcm", context, types)
-        rtdose = None
-        if case.dose_gy is not None:
-            rtdose = write_rtdose(case.dose_gy, grid, staging / "RTDOSE.dcm", context, generate_uid())
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return ExportedStudy(out_dir, [out_dir / p.name for p in ct_files], out_dir / rtstruct.name,
-                         out_dir / rtdose.name if rtdose else None)
+    with staged_folder(out_dir, fix=fix) as staging:
+        written = write_study(case, staging, grid or centred_grid(case.shape, case.spacing_mm), protocol,
+                              context or StudyContext(case.patient_id))
+    return ExportedStudy(out_dir, [out_dir / p.name for p in written.ct_files], out_dir / written.rtstruct.name,
+                         out_dir / written.rtdose.name if written.rtdose else None)

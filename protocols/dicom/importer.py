@@ -35,6 +35,7 @@ from protocols.dicom.rtdose import RT_DOSE_STORAGE
 from protocols.dicom.rtplan import RT_PLAN_STORAGE
 from protocols.dicom.rtstruct import RT_STRUCTURE_SET_STORAGE
 from protocols.dicom.study import DicomCase, PatientFiles, read_patient
+from protocols.errors import ConfigError, DataError, DataNotFoundError
 from protocols.openkbp import write_openkbp_case
 from protocols.protocol import Protocol, load_protocol
 from protocols.validation import CaseReport, DataValidationError, Policy, Severity, apply_policy
@@ -117,7 +118,7 @@ def read_dicom_folder(src: Path | str, protocol: Protocol | str, name_overrides:
     """
     src, protocol = Path(src), _protocol(protocol)
     if not src.is_dir():
-        raise FileNotFoundError(f"DICOM folder {src} does not exist; give the folder holding the export")
+        raise DataNotFoundError(f"DICOM folder {src} does not exist; give the folder holding the export")
     table = build_name_table(protocol, name_overrides)
     patients, skipped = scan_folder(src)
     taken: set[str] = set()
@@ -226,7 +227,7 @@ def import_dicom(src: Path | str, dst: Path | str, protocol: Protocol | str, fmt
     (or, under the raise policy, warnings) is not written.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     protocol, dst = _protocol(protocol), Path(dst)
     reports = []
     for dicom_case, report in read_dicom_folder(src, protocol, name_overrides):
@@ -269,7 +270,7 @@ def read_sidecar_grid(patient_dir: Path) -> VolumeGrid | None:
         return VolumeGrid(tuple(int(v) for v in grid["shape"]), tuple(float(v) for v in grid["spacing_mm"]),
                           tuple(float(v) for v in grid["origin_mm"]))
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: malformed import record ({exc}); delete it to export on a centred grid") from exc
+        raise DataError(f"{path}: malformed import record ({exc}); delete it to export on a centred grid") from exc
 
 
 def _protocol(protocol: Protocol | str) -> Protocol:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from protocols.dicom.attributes import MALFORMED, AttributeProblem, floats, integer, number, sequence, text
+from protocols.dicom.attributes import MALFORMED, AttributeProblem, floats, integer, number, pixel_data, sequence, text
 from protocols.dicom.geometry import SliceStack, VolumeGrid, resample, stack_to_volume
 from protocols.validation import CaseReport, Severity
 
@@ -65,7 +65,7 @@ def _read(ds: Dataset, path: Path, report: CaseReport) -> RtDose | None:
         raise AttributeProblem(f"PixelSpacing {spacing.tolist()} and DoseGridScaling {scaling} must be positive")
     frames = integer(ds, "NumberOfFrames", 1)
     offsets = floats(ds, "GridFrameOffsetVector", frames) if frames > 1 else np.zeros(1)
-    pixels = ds.pixel_array
+    pixels = pixel_data(ds)
     pixels = pixels.reshape(1, *pixels.shape) if pixels.ndim == 2 else pixels
     if pixels.ndim != 3 or pixels.shape[0] != frames:
         raise AttributeProblem(f"pixel data of shape {pixels.shape} does not match NumberOfFrames {frames}")

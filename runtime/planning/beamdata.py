@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from protocols.errors import DataError
+
 DATA_FILE = Path(__file__).with_name("data") / "photon_6mv_kernels.csv"
 # The kernels' radial sampling; their r = 0 value stands for the central 0.5 x 0.5 mm^2 cell.
 KERNEL_SAMPLING_MM = 0.5
@@ -84,8 +86,8 @@ def load_beam_data(path: Path = DATA_FILE) -> PhotonBeamData:
         sad = float(header["sad_mm"])
         penumbra = float(header["penumbra_fwhm_mm"])
     except (KeyError, ValueError) as exc:
-        raise ValueError(f"{path}: header value {exc} missing or malformed; regenerate the file with "
-                         "benchmarks/export_pyradplan_beamdata.py") from exc
+        raise DataError(f"{path}: header value {exc} missing or malformed; regenerate the file with "
+                        "benchmarks/export_pyradplan_beamdata.py") from exc
     rows = [line for line in lines if line and not line.startswith("#")][1:]
     table = np.array([[float(v) for v in row.split(",")] for row in rows])
     ssds = np.unique(table[:, 0])

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from protocols.errors import ConfigError
+
 # A typical CT calibration (see docs: rt-dicom-primer); scanner-specific tables replace it.
 DEFAULT_HU = (-1000.0, -100.0, 0.0, 100.0, 1000.0, 3000.0)
 DEFAULT_RED = (0.0, 0.93, 1.0, 1.06, 1.55, 2.6)
@@ -20,11 +22,11 @@ class DensityTable:
 
     def __post_init__(self) -> None:
         if len(self.hu) != len(self.relative_density) or len(self.hu) < 2:
-            raise ValueError("density table: give at least two (HU, density) points, as many HU as densities")
+            raise ConfigError("density table: give at least two (HU, density) points, as many HU as densities")
         if np.any(np.diff(self.hu) <= 0):
-            raise ValueError(f"density table: HU points must increase strictly, got {self.hu}")
+            raise ConfigError(f"density table: HU points must increase strictly, got {self.hu}")
         if np.any(np.asarray(self.relative_density) < 0):
-            raise ValueError(f"density table: densities must be >= 0, got {self.relative_density}")
+            raise ConfigError(f"density table: densities must be >= 0, got {self.relative_density}")
 
     def __call__(self, ct_hu: np.ndarray) -> np.ndarray:
         """Relative electron density of each voxel, float32, same shape as ``ct_hu``."""
@@ -37,5 +39,5 @@ def parse_density_table(text: str) -> DensityTable:
         pairs = [item.split(":") for item in text.split(",") if item.strip()]
         hu, red = zip(*((float(a), float(b)) for a, b in pairs), strict=True)
     except ValueError as exc:
-        raise ValueError(f"density table {text!r}: expected 'HU:density,HU:density,...' ({exc})") from exc
+        raise ConfigError(f"density table {text!r}: expected 'HU:density,HU:density,...' ({exc})") from exc
     return DensityTable(tuple(hu), tuple(red))

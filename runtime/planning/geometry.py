@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from protocols.case import Case
+from protocols.errors import ConfigError, DataError
 
 SAD_MM = 1000.0
 BEAMLET_WIDTH_MM = 5.0
@@ -137,7 +138,7 @@ def beamlet_grid(beam: Beam, target_points_lps: np.ndarray, margin_mm: float = B
     hi_u = np.ceil((u.max() + margin_mm) / BEAMLET_WIDTH_MM) * BEAMLET_WIDTH_MM
     half = MLC_MAX_FIELD_MM / 2
     if w.min() - margin_mm < -half or w.max() + margin_mm > half or lo_u < -half or hi_u > half:
-        raise ValueError(f"the target's projection at gantry {beam.gantry_deg:g} deg exceeds the "
+        raise DataError(f"the target's projection at gantry {beam.gantry_deg:g} deg exceeds the "
                          f"{MLC_MAX_FIELD_MM:g} mm field of the {MLC_NAME}; check the target contours and isocentre")
     cols = np.arange(lo_u, hi_u + BEAMLET_WIDTH_MM / 2, BEAMLET_WIDTH_MM)
     first = int(np.searchsorted(MLC_BOUNDARIES_MM, w.min() - margin_mm, side="right") - 1)
@@ -169,5 +170,5 @@ def isocenter_of(target_points_lps: np.ndarray) -> tuple[float, float, float]:
 def coplanar_beams(n_beams: int, isocenter_lps: tuple[float, float, float], start_deg: float = 0.0) -> list[Beam]:
     """Equally spaced coplanar beams (9 -> 0, 40, ..., 320 degrees)."""
     if n_beams < 1:
-        raise ValueError(f"need at least one beam, got {n_beams}")
+        raise ConfigError(f"need at least one beam, got {n_beams}; give --beams 1 or more")
     return [Beam(float((start_deg + i * 360.0 / n_beams) % 360.0), isocenter_lps) for i in range(n_beams)]

@@ -8,15 +8,16 @@ dose as an OpenKBP prediction file (same grid), so ``fedrt evaluate`` scores pla
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pydicom
 
 from protocols.case import Case
-from protocols.dicom.export import StudyContext, centred_grid, write_ct_series, write_rtdose, write_rtstruct
+from protocols.dicom.export import centred_grid, write_ct_series, write_rtdose, write_rtstruct
 from protocols.dicom.geometry import VolumeGrid
+from protocols.dicom.header import StudyContext
 from protocols.openkbp import write_prediction
 from protocols.protocol import Protocol
 from runtime.planning.plan import PlanResult
@@ -34,6 +35,10 @@ class PlanFiles:
     rtdose: Path
     rtstruct: Path
     plan_dose_csv: Path
+
+    def moved(self, old: Path, new: Path) -> PlanFiles:
+        """The same files after the folder ``old`` they were written in was renamed to ``new``."""
+        return PlanFiles(*(new / getattr(self, f.name).relative_to(old) for f in fields(self)))
 
 
 def write_plan_files(folder: Path, case: Case, protocol: Protocol, plan: PlanResult) -> PlanFiles:

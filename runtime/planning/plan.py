@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocols.case import Case
+from protocols.errors import DataError
 from protocols.protocol import Protocol
 from runtime.planning.density import DensityTable
 from runtime.planning.engine import DoseEngine
@@ -109,7 +110,8 @@ def make_plan(case: Case, protocol: Protocol, target_dose_gy: np.ndarray, config
         frame = PatientFrame.for_case(case)
         targets = target_union(case, protocol)
         if not targets.any():
-            raise ValueError(f"{case.patient_id}: no target contoured ({', '.join(protocol.targets)})")
+            raise DataError(f"{case.patient_id}: no target contoured ({', '.join(protocol.targets)}); contour a "
+                            "target before planning")
         _, target_points = frame.mask_points(targets)
         iso = isocenter_of(target_points)
         beams = coplanar_beams(config.n_beams, iso, config.start_gantry_deg)

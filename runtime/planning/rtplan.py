@@ -10,19 +10,18 @@ parameters, here the MLC, change during the beam); jaws are set once, in the fir
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
-from fedrt import __version__
-from protocols.dicom.export import MANUFACTURER, StudyContext
+from protocols.dicom.header import MANUFACTURER, StudyContext, new_dataset, save_dataset
 from protocols.dicom.rtplan import RT_PLAN_STORAGE
 from protocols.dicom.rtstruct import RT_STRUCTURE_SET_STORAGE
+from protocols.errors import DataError
+from protocols.files import atomic_file
 from protocols.protocol import Protocol
 from runtime.planning.geometry import MLC_BOUNDARIES_MM, MLC_NAME
 from runtime.planning.plan import PlanResult
@@ -125,38 +124,11 @@ def build_rtplan(plan: PlanResult, protocol: Protocol, context: StudyContext, st
                  roi_numbers: dict[str, int], label: str = "fedrt") -> Dataset:
     """The RT Plan dataset of a plan; ``roi_numbers`` maps structure names to the structure set's ROI numbers."""
     if any(not seq.segments for seq in plan.sequences):
-        raise ValueError(f"{plan.patient_id}: a beam has no MLC segment (zero fluence); nothing to deliver")
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = RT_PLAN_STORAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    date, time = context.when.strftime("%Y%m%d"), context.when.strftime("%H%M%S")
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
-    ds.SOPClassUID = RT_PLAN_STORAGE
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyDate, ds.StudyTime = date, time
-    ds.AccessionNumber = ""
-    ds.Modality = "RTPLAN"
-    ds.Manufacturer = MANUFACTURER
-    ds.ReferringPhysicianName = ""
-    ds.SeriesDescription = "Plan"
-    ds.OperatorsName = ""
+        raise DataError(f"{plan.patient_id}: a beam has no MLC segment (zero fluence), nothing to deliver; check the "
+                        "target dose covers the targets, or plan with other --beams")
+    ds = new_dataset(context, RT_PLAN_STORAGE, "RTPLAN", 4, "Plan")
     ds.ManufacturerModelName = "fedrt plan"
-    ds.PatientName = context.patient_name or context.patient_id
-    ds.PatientID = context.patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
-    ds.SoftwareVersions = __version__
-    ds.StudyInstanceUID = context.study_uid
-    ds.SeriesInstanceUID = generate_uid()
-    ds.StudyID = "1"
-    ds.SeriesNumber = 4
-    ds.InstanceNumber = 1
-    ds.FrameOfReferenceUID = context.frame_of_reference_uid
-    ds.PositionReferenceIndicator = ""
+    date, time = ds.InstanceCreationDate, ds.InstanceCreationTime
     ds.RTPlanLabel = label[:16]
     ds.RTPlanName = f"{protocol.name}"[:64]
     ds.RTPlanDate, ds.RTPlanTime = date, time
@@ -210,7 +182,6 @@ def write_rtplan(path: Path | str, plan: PlanResult, protocol: Protocol, context
     """Build and save the RT Plan (Part 10 file, written to a temporary name then renamed)."""
     path = Path(path)
     ds = build_rtplan(plan, protocol, context, structure_set_uid, roi_numbers, label)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        ds.save_as(handle, enforce_file_format=True)
-    os.replace(handle.name, path)
+    with atomic_file(path) as tmp:
+        save_dataset(ds, tmp)
     return path

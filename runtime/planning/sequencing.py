@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from protocols.errors import ConfigError
 from runtime.planning.geometry import BeamletGrid
 
 DEFAULT_LEVELS = 10
@@ -81,7 +82,7 @@ def sweep_row(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def quantise(fluence: np.ndarray, n_levels: int) -> tuple[np.ndarray, float]:
     """Round a non-negative fluence map to integer multiples of max / n_levels; returns (levels, step)."""
     if n_levels < 1:
-        raise ValueError(f"need at least one intensity level, got {n_levels}")
+        raise ConfigError(f"need at least one intensity level, got {n_levels}; give --levels 1 or more")
     peak = float(np.max(fluence, initial=0.0))
     if peak <= 0:
         return np.zeros(fluence.shape, dtype=np.int64), 0.0
