@@ -160,11 +160,11 @@ def test_prediction_sees_the_patient_padded_as_in_training(cases, protocol):
     net = task.build_network().eval()
     prep = task.prepare(cases[0])
     assert all(s < 64 for s in prep.image.shape[1:]), "the test needs a patient smaller than the patch"
-    pads = loop._patch_padding(prep.image.shape[1:], config.patch)
+    d0, d1, d2 = prep.image.shape[1:]
+    l0, l1, l2 = ((64 - d) // 2 for d in (d0, d1, d2))  # centred: the odd voxel goes after the patient
+    pads = [l2, 64 - d2 - l2, l1, 64 - d1 - l1, l0, 64 - d0 - l0]  # F.pad order: last axis first
     with torch.no_grad():
         padded_out = net(loop.pad_image(prep.image, pads)[None])[0]
-    (l2, _, l1, _, l0, _) = pads
-    d0, d1, d2 = prep.image.shape[1:]
     expected = task.postprocess(padded_out[:, l0:l0 + d0, l1:l1 + d1, l2:l2 + d2], cases[0], prep.crop)
     np.testing.assert_allclose(loop.predict(net, task, cases[0]), expected, atol=1e-4)
 
