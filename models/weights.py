@@ -9,13 +9,10 @@ import torch
 from torch import nn
 
 
-def get_weights(network: nn.Module) -> list[np.ndarray]:
-    """Every entry of the state dict, in its fixed order, as independent numpy copies."""
-    return [value.detach().cpu().numpy().copy() for value in network.state_dict().values()]
-
-
 def set_weights(network: nn.Module, weights: list[np.ndarray]) -> None:
-    """Load arrays produced by ``get_weights``; a wrong count, shape or dtype is an error, never a silent cast."""
+    """Load the state dict's arrays in its order (as ``ArrayRecord(network.state_dict())`` carries them); a wrong
+    count, shape or dtype is an error, never a silent cast.
+    """
     state = network.state_dict()
     if len(weights) != len(state):
         raise ValueError(f"expected {len(state)} weight arrays, got {len(weights)}")

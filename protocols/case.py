@@ -10,7 +10,6 @@ import numpy as np
 # Index order of every array in a case, as in the published OpenKBP data: axis 0 runs anterior -> posterior
 # (image rows), axis 1 patient right -> left (image columns), axis 2 superior -> inferior (slices).
 AXES: tuple[str, str, str] = ("anterior->posterior", "right->left", "superior->inferior")
-LEFT_RIGHT_AXIS = 1
 # Denser than this is patient (or couch), below it air: the outline when no EXTERNAL ROI or dose mask is given.
 TISSUE_HU = -500.0
 

@@ -33,10 +33,16 @@ def structure_dose(dose_gy: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _dose_at_percent(values: np.ndarray, percent: float) -> float:
+    """D_p%: the dose received by at least ``percent`` % of the structure (linear percentile 100 - p)."""
     return float(np.percentile(values, 100.0 - percent))
 
 
 def _dose_at_cc(values: np.ndarray, volume_cc: float, voxel_volume_mm3: float) -> float:
+    """D_x cc: minimum dose to the hottest ``volume_cc``, as OpenKBP's D_0.1cc defines it.
+
+    With k = max(1, round(x cc / voxel volume)) voxels out of n, the linear percentile 100 - k / n * 100
+    (clamped at 0, the minimum dose, when the structure is smaller than x cc).
+    """
     voxels = max(1.0, float(np.round(volume_cc * MM3_PER_CC / voxel_volume_mm3)))
     return float(np.percentile(values, max(0.0, 100.0 - voxels / values.size * 100.0)))
 
@@ -50,27 +56,6 @@ def _metric_from_values(values: np.ndarray, metric: str, voxel_volume_mm3: float
     if match["cc"] is not None:
         return _dose_at_cc(values, float(match["cc"]), voxel_volume_mm3)
     return _dose_at_percent(values, float(match["pct"]))
-
-
-def dose_at_volume_percent(dose_gy: np.ndarray, mask: np.ndarray, percent: float) -> float:
-    """D_p%: the dose received by at least ``percent`` % of the structure (linear percentile 100 - p)."""
-    return _dose_at_percent(structure_dose(dose_gy, mask), percent)
-
-
-def dose_at_volume_cc(
-    dose_gy: np.ndarray, mask: np.ndarray, volume_cc: float, voxel_volume_mm3: float
-) -> float:
-    """D_x cc: minimum dose to the hottest ``volume_cc``, as OpenKBP's D_0.1cc defines it.
-
-    With k = max(1, round(x cc / voxel volume)) voxels out of n, the linear percentile 100 - k / n * 100
-    (clamped at 0, the minimum dose, when the structure is smaller than x cc).
-    """
-    return _dose_at_cc(structure_dose(dose_gy, mask), volume_cc, voxel_volume_mm3)
-
-
-def mean_dose(dose_gy: np.ndarray, mask: np.ndarray) -> float:
-    """Dmean: the mean dose in the structure."""
-    return float(structure_dose(dose_gy, mask).mean())
 
 
 def dvh_metric(dose_gy: np.ndarray, mask: np.ndarray, metric: str, voxel_volume_mm3: float) -> float:
@@ -189,32 +174,6 @@ def hausdorff95_mm(a: np.ndarray, b: np.ndarray, spacing_mm: Sequence[float]) ->
     spacing = tuple(float(s) for s in spacing_mm)
     return float(max(np.percentile(_surface_distances_mm(surface_a, surface_b, spacing), 95),
                      np.percentile(_surface_distances_mm(surface_b, surface_a, spacing), 95)))
-
-
-def dice_per_structure(
-    predicted: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]
-) -> dict[str, float]:
-    """Dice of each structure named in either set (a structure missing from one set counts as empty)."""
-    return {name: dice(_mask_or_empty(predicted, reference, name), _mask_or_empty(reference, predicted, name))
-            for name in _names(predicted, reference)}
-
-
-def hausdorff95_per_structure(
-    predicted: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], spacing_mm: Sequence[float]
-) -> dict[str, float]:
-    """HD95 in mm of each structure named in either set (a structure missing from one set counts as empty)."""
-    return {name: hausdorff95_mm(_mask_or_empty(predicted, reference, name),
-                                 _mask_or_empty(reference, predicted, name), spacing_mm)
-            for name in _names(predicted, reference)}
-
-
-def _names(first: Mapping[str, np.ndarray], second: Mapping[str, np.ndarray]) -> list[str]:
-    return [*first, *(name for name in second if name not in first)]
-
-
-def _mask_or_empty(masks: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray], name: str) -> np.ndarray:
-    found = masks.get(name)
-    return found if found is not None else np.zeros(other[name].shape, dtype=bool)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from external import require_data
 
 REPO = Path(__file__).resolve().parents[1]
 OPENKBP = REPO.parent / "shared" / "data" / "openkbp"
@@ -17,9 +18,8 @@ os.environ.setdefault("FEDRT_CACHE", tempfile.mkdtemp(prefix="fedrt-test-cache-"
 
 @pytest.fixture(scope="session")
 def openkbp_root() -> Path:
-    if not OPENKBP.is_dir():
-        pytest.fail(f"shared OpenKBP data not found at {OPENKBP}; the tests expect ../shared/data/openkbp")
-    return OPENKBP
+    return require_data(OPENKBP, "put the OpenKBP patients (train-pats/, validation-pats/ of "
+                                 "github.com/ababier/open-kbp) in ../shared/data/openkbp beside the repository")
 
 
 @pytest.fixture(scope="session")

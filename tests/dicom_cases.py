@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from external import DICOM3TOOLS, require_tool
 
 from protocols.case import Case
 from protocols.dicom.export import export_case
@@ -52,3 +54,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice overlap of two masks (1 when both are empty)."""
     total = a.sum() + b.sum()
     return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The ``Error`` lines dciodvfy (dicom3tools) reports for one DICOM file."""
+    run = subprocess.run([require_tool("dciodvfy", DICOM3TOOLS), str(path)], capture_output=True, text=True,
+                         timeout=60)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]

@@ -4,13 +4,14 @@ RT Structure Sets into the masks they were written from.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from dicom_cases import dice
+from external import PLASTIMATCH, require_tool
 
 from protocols.dicom.export import centred_grid, export_case
 from protocols.dicom.geometry import VolumeGrid
@@ -21,13 +22,16 @@ PATIENT = "train-pats/pt_1"
 MET_TYPES = {"MET_UCHAR": np.uint8, "MET_SHORT": np.int16, "MET_USHORT": np.uint16, "MET_FLOAT": np.float32}
 
 
-def plastimatch(*args: str) -> None:
-    tool = shutil.which("plastimatch")
-    if tool is None:
-        pytest.fail("plastimatch is not installed: apt-get install -y dicom3tools plastimatch "
-                    "(CI installs it in .ci/run)")
-    run = subprocess.run([tool, *args], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+@pytest.fixture(scope="module")
+def plastimatch() -> Callable[..., None]:
+    """Runs plastimatch with the given arguments and checks that it succeeded."""
+    tool = require_tool("plastimatch", PLASTIMATCH)
+
+    def run(*args: str) -> None:
+        done = subprocess.run([tool, *args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    return run
 
 
 def write_mha(path: Path, array: np.ndarray, grid: VolumeGrid, met_type: str) -> None:
@@ -59,7 +63,7 @@ def patient(openkbp_root, protocol):
     return case
 
 
-def test_dicom_written_by_plastimatch_imports_like_ours(patient, protocol, tmp_path):
+def test_dicom_written_by_plastimatch_imports_like_ours(plastimatch, patient, protocol, tmp_path):
     grid = centred_grid(patient.shape, patient.spacing_mm)
     (tmp_path / "masks").mkdir()
     write_mha(tmp_path / "ct.mha", patient.ct_hu, grid, "MET_SHORT")
@@ -78,7 +82,8 @@ def test_dicom_written_by_plastimatch_imports_like_ours(patient, protocol, tmp_p
         assert dice(imported.structures[name], mask) >= 0.95, name
 
 
-def test_plastimatch_rasterises_our_structure_set_into_the_same_masks(patient, protocol, tmp_path):
+def test_plastimatch_rasterises_our_structure_set_into_the_same_masks(plastimatch, patient, protocol,
+                                                                       tmp_path):
     export_case(patient, tmp_path / "dicom", protocol=protocol)
     plastimatch("convert", "--input", str(tmp_path / "dicom"), "--output-prefix", str(tmp_path / "masks"))
     for name, mask in patient.structures.items():

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
-import pytest
-from dicom_cases import export_small
+from dicom_cases import dciodvfy_errors, export_small
 
 from protocols.dicom.export import export_case
 from protocols.openkbp import read_openkbp_case
-
-INSTALL = "apt-get install -y dicom3tools plastimatch (CI installs them in .ci/run)"
-
-
-def dciodvfy_errors(path) -> list[str]:
-    tool = shutil.which("dciodvfy")
-    if tool is None:
-        pytest.fail(f"dciodvfy is not installed: {INSTALL}")
-    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 
 def test_every_object_exported_from_a_shared_patient_passes_dciodvfy(openkbp_root, protocol, tmp_path):

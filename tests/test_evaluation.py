@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -74,13 +73,6 @@ def test_in_memory_score_matches_file_score(validation_cases, protocol, tmp_path
     assert from_file.dose_error == pytest.approx(in_memory.dose_error, abs=1e-4)
     assert from_file.dvh_error == pytest.approx(in_memory.dvh_error, abs=1e-4)
     assert in_memory.dose_error > 0.5
-
-
-def test_evaluate_dose_is_cheap_enough_for_validation_loops(validation_cases, protocol):
-    case = validation_cases[0]
-    start = time.perf_counter()
-    evaluate_dose(case, case.dose_gy * 1.05, protocol)
-    assert time.perf_counter() - start < 0.5
 
 
 def test_evaluate_dose_rejects_wrong_grid_and_non_finite(validation_cases, protocol):

@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.task_identity import TaskIdentity
-from test_federated_strategies import ReplyingGrid
+from server_grid import ReplyingGrid
 
 from server.rounds import run_rounds
 from server.strategies import FedAdam, FedAvg

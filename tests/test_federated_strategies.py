@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from server_grid import ReplyingGrid
 
 from server.rounds import run_rounds, wait_for_nodes
 from server.strategies import FedAdam, FedAvg, FedAvgM, FedProx, build_strategy
@@ -140,19 +141,6 @@ def test_fedavgm_moves_by_the_momentum_of_the_mean_updates_and_resumes_it_exactl
         assert again[key].numpy().dtype == np.float32
     with pytest.raises(ValueError, match="unknown FedAvgM state"):
         resumed.load_optimizer_state({"m_t": {}})
-
-
-class ReplyingGrid:
-    """An in-process grid: each node answers through ``respond(node, message)``, like a SuperNode would."""
-
-    def __init__(self, nodes, respond):
-        self.nodes, self.respond = list(nodes), respond
-
-    def get_node_ids(self):
-        return self.nodes
-
-    def send_and_receive(self, messages, timeout=None):
-        return [self.respond(m.metadata.dst_node_id, m) for m in messages]
 
 
 def test_a_round_completes_without_the_nan_site_and_reports_it():

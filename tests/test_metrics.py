@@ -9,15 +9,10 @@ import pytest
 
 from protocols.metrics import (
     dice,
-    dice_per_structure,
-    dose_at_volume_cc,
-    dose_at_volume_percent,
     dvh_curve,
     dvh_metric,
     evaluate_goals,
     hausdorff95_mm,
-    hausdorff95_per_structure,
-    mean_dose,
     openkbp_dose_error,
     openkbp_dvh_errors,
 )
@@ -45,36 +40,34 @@ def box(shape, start, size) -> np.ndarray:
 def test_d01cc_on_ramp_uses_openkbp_voxel_count():
     dose, mask = ramp_case()
     # 3 voxels of 100 -> percentile 97 -> position 0.97 * 99 = 96.03 in the sorted doses 1..100.
-    assert dose_at_volume_cc(dose, mask, 0.1, VOXEL_MM3) == pytest.approx(97.03)
-    # 10 mm^3 voxels: 0.1 cc is 10 voxels -> percentile 90 -> 90.1 Gy.
-    assert dose_at_volume_cc(dose, mask, 0.1, 10.0) == pytest.approx(90.1)
     assert dvh_metric(dose, mask, "D0.1cc", VOXEL_MM3) == pytest.approx(97.03)
+    # 10 mm^3 voxels: 0.1 cc is 10 voxels -> percentile 90 -> 90.1 Gy.
+    assert dvh_metric(dose, mask, "D0.1cc", 10.0) == pytest.approx(90.1)
 
 
-def test_dose_at_volume_cc_larger_than_structure_is_the_minimum_dose():
+def test_a_cc_dose_for_more_than_the_structure_holds_is_its_minimum_dose():
     dose, mask = ramp_case()
-    assert dose_at_volume_cc(dose, mask, 50.0, VOXEL_MM3) == pytest.approx(1.0)
+    assert dvh_metric(dose, mask, "D50cc", VOXEL_MM3) == pytest.approx(1.0)
 
 
 def test_percent_and_mean_metrics_on_ramp():
     dose, mask = ramp_case()
-    assert dose_at_volume_percent(dose, mask, 95) == pytest.approx(5.95)
+    assert dvh_metric(dose, mask, "D95", VOXEL_MM3) == pytest.approx(5.95)
     assert dvh_metric(dose, mask, "D99", VOXEL_MM3) == pytest.approx(1.99)
     assert dvh_metric(dose, mask, "D1", VOXEL_MM3) == pytest.approx(99.01)
-    assert mean_dose(dose, mask) == pytest.approx(50.5)
     assert dvh_metric(dose, mask, "Dmean", VOXEL_MM3) == pytest.approx(50.5)
 
 
 def test_metrics_of_float32_dose_are_computed_in_float64():
     dose = np.full((4, 4, 4), 70.1, dtype=np.float32)
     mask = np.ones((4, 4, 4), dtype=bool)
-    assert mean_dose(dose, mask) == float(np.float32(70.1))
+    assert dvh_metric(dose, mask, "Dmean", VOXEL_MM3) == float(np.float32(70.1))
 
 
 def test_dvh_metric_rejects_empty_structure_and_unknown_metric():
     dose, mask = ramp_case()
     with pytest.raises(ValueError, match="no voxels"):
-        mean_dose(dose, np.zeros_like(mask))
+        dvh_metric(dose, np.zeros_like(mask), "Dmean", VOXEL_MM3)
     with pytest.raises(ValueError, match="unknown DVH metric"):
         dvh_metric(dose, mask, "V20", VOXEL_MM3)
 
@@ -157,18 +150,6 @@ def test_hd95_matches_monai_on_ellipsoids_at_anisotropic_spacing():
                                         percentile=95, spacing=list(SPACING_MM))
     assert ours == pytest.approx(float(theirs), rel=1e-5)
     assert ours > 0
-
-
-def test_per_structure_helpers_treat_missing_structures_as_empty():
-    a = box((20, 20, 20), (0, 0, 0), (10, 10, 10))
-    b = box((20, 20, 20), (0, 0, 2), (10, 10, 10))
-    predicted = {"PTV70": a, "Larynx": a}
-    reference = {"PTV70": b, "Mandible": b}
-    scores = dice_per_structure(predicted, reference)
-    assert scores == {"PTV70": pytest.approx(0.8), "Larynx": 0.0, "Mandible": 0.0}
-    distances = hausdorff95_per_structure(predicted, reference, SPACING_MM)
-    assert distances["PTV70"] == pytest.approx(5.0)
-    assert math.isinf(distances["Larynx"]) and math.isinf(distances["Mandible"])
 
 
 def goal_protocol():

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from flwr.app import ArrayRecord
 
 from models import encoding, loop
 from models.augment import RandLateralFlipd, class_indices, dataset_class_ratios, training_transform
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import ModelConfig, TrainConfig
 from models.tasks import make_task
-from models.weights import get_weights, set_weights
+from models.weights import set_weights
 from protocols.openkbp import load_openkbp_case
 
 SMALL = ModelConfig(channels=(4, 8, 16), strides=(2, 2), res_units=0, downsample=2, patch=(32, 32, 32))
@@ -20,6 +21,11 @@ SMALL = ModelConfig(channels=(4, 8, 16), strides=(2, 2), res_units=0, downsample
 @pytest.fixture(scope="module")
 def cases(openkbp_root, protocol):
     return [load_openkbp_case(openkbp_root / "train-pats" / f"pt_{i}", protocol)[0] for i in (1, 2)]
+
+
+def sent_weights(network: torch.nn.Module) -> list[np.ndarray]:
+    """The weights as a site sends them: its state dict in an ``ArrayRecord``, as numpy arrays."""
+    return ArrayRecord(network.state_dict()).to_numpy_ndarrays()
 
 
 def test_dose_inputs_encode_targets_by_prescription(cases, protocol):
@@ -67,11 +73,11 @@ def test_weights_round_trip_exactly_including_buffers(protocol):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.BatchNorm3d(2))
     net(torch.randn(2, 1, 5, 5, 5))  # updates BatchNorm running statistics (buffers)
-    weights = get_weights(net)
+    weights = sent_weights(net)
     assert len(weights) == len(net.state_dict()) == 7
     other = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.BatchNorm3d(2))
     set_weights(other, weights)
-    for a, b in zip(get_weights(other), weights, strict=True):
+    for a, b in zip(sent_weights(other), weights, strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="expected shape"):
         set_weights(other, [w[..., :1] if w.ndim == 5 else w for w in weights])
@@ -92,7 +98,7 @@ def test_short_training_lowers_the_loss_for_both_tasks(cases, protocol, precisio
         assert result.history[-1] < result.history[0], (name, result.history)
         # Trained in channels-last layout, handed back in the standard one (weights go out as plain arrays).
         assert all(p.is_contiguous() for p in net.parameters())
-        assert all(w.dtype == np.float32 for w in get_weights(net))
+        assert all(w.dtype == np.float32 for w in sent_weights(net))
 
 
 def test_an_unknown_precision_is_refused_by_name(cases, protocol):
@@ -128,10 +134,10 @@ def test_fedprox_term_keeps_weights_near_the_start(cases, protocol):
     for mu in (0.0, 100.0):
         torch.manual_seed(0)
         net = task.build_network()
-        start = [w.copy() for w in get_weights(net)]
+        start = [w.copy() for w in sent_weights(net)]
         loop.train(net, task, prepared, TrainConfig(epochs=3, steps_per_epoch=3, batch_size=1, lr=0.01,
                                                     proximal_mu=mu), progress=False)
-        moved.append(sum(float(np.sum((a - b) ** 2)) for a, b in zip(get_weights(net), start, strict=True)))
+        moved.append(sum(float(np.sum((a - b) ** 2)) for a, b in zip(sent_weights(net), start, strict=True)))
     assert moved[1] < moved[0]
 
 
@@ -160,11 +166,11 @@ def test_prediction_sees_the_patient_padded_as_in_training(cases, protocol):
     net = task.build_network().eval()
     prep = task.prepare(cases[0])
     assert all(s < 64 for s in prep.image.shape[1:]), "the test needs a patient smaller than the patch"
-    pads = loop._patch_padding(prep.image.shape[1:], config.patch)
+    d0, d1, d2 = prep.image.shape[1:]
+    l0, l1, l2 = ((64 - d) // 2 for d in (d0, d1, d2))  # centred: the odd voxel goes after the patient
+    pads = [l2, 64 - d2 - l2, l1, 64 - d1 - l1, l0, 64 - d0 - l0]  # F.pad order: last axis first
     with torch.no_grad():
         padded_out = net(loop.pad_image(prep.image, pads)[None])[0]
-    (l2, _, l1, _, l0, _) = pads
-    d0, d1, d2 = prep.image.shape[1:]
     expected = task.postprocess(padded_out[:, l0:l0 + d0, l1:l1 + d1, l2:l2 + d2], cases[0], prep.crop)
     np.testing.assert_allclose(loop.predict(net, task, cases[0]), expected, atol=1e-4)
 

@@ -102,7 +102,6 @@ def test_plan_command_writes_a_complete_plan(openkbp_root, tmp_path, capsys):
                                         "--out", str(out)])) == 0
     summary = json.loads((out / "plan.json").read_text())
     assert summary["goals_met"]["plan"] >= summary["goals_met"]["target"]
-    assert summary["total_s"] < 60.0
     assert set(summary["timings_s"]) >= {"load", "target dose", "geometry", "matrix", "optimisation", "sequencing",
                                          "final dose", "export", "report"}
     dose = read_prediction(out / "plan_dose.csv")

@@ -115,17 +115,6 @@ def test_dose_is_linear_in_fluence_and_adjoint_matches(ssd100):
     np.testing.assert_allclose(influence.dose(x), engine.dose_from_weights(x, points), rtol=1e-4, atol=1e-9)
 
 
-def test_explicit_csr_matrix_matches_the_operator(water):
-    engine, _ = engine_for(water, grid=open_field(10.0))
-    rng = np.random.default_rng(5)
-    points = engine.frame.to_lps(rng.uniform([20, 10, 10], [80, 30, 30], size=(50, 3)))
-    influence = engine.influence(points)
-    matrix = influence.to_csr()
-    assert matrix.shape == (50, 16)
-    x = rng.uniform(0, 1, 16)
-    np.testing.assert_allclose(matrix @ x, influence.dose(x), rtol=1e-4, atol=1e-9)
-
-
 def test_open_segment_image_equals_beamlet_image(ssd100):
     engine, _ = ssd100
     kernel = engine.kernels[0]

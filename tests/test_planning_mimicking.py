@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 from scipy import sparse
@@ -9,7 +11,6 @@ from scipy import sparse
 from protocols.protocol import protocol_from_dict
 from runtime.planning.geometry import BeamletGrid
 from runtime.planning.mimicking import (
-    MatrixInfluence,
     MimickingObjective,
     Term,
     build_objective,
@@ -17,6 +18,25 @@ from runtime.planning.mimicking import (
     smoothness_matrix,
 )
 from runtime.planning.sampling import VoxelSample
+
+
+@dataclass
+class MatrixInfluence:
+    """An explicit voxels x beamlets matrix as an :class:`~runtime.planning.mimicking.Influence`: a problem
+    whose exact solution the test knows.
+    """
+
+    matrix: sparse.csr_matrix
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.matrix.shape
+
+    def dose(self, weights: np.ndarray) -> np.ndarray:
+        return np.asarray(self.matrix @ weights, dtype=np.float64)
+
+    def adjoint(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(self.matrix.T @ values, dtype=np.float64)
 
 
 def small_protocol(rx: float, goals=()):

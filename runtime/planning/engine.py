@@ -9,7 +9,7 @@ kernels (and the source penumbra), read off bilinearly at the point's projection
 The voxels x beamlets dose-influence matrix of a 6 MV kernel is dense in practice (the scatter kernel reaches
 180 mm, so every beamlet of a beam reaches every voxel in its field: ~5k beamlets x 30k voxels), so
 :class:`DoseInfluence` keeps it factorised: per beam a CSR matrix (points x kernel-image pixels, 12 entries per
-point) times the FFT convolution times the beamlet -> pixel map. ``to_csr`` materialises it for small problems.
+point) times the FFT convolution times the beamlet -> pixel map.
 """
 
 from __future__ import annotations
@@ -280,15 +280,3 @@ class DoseInfluence:
             parts.append(np.bincount(kernel.pixel_beamlet, weights=back[kernel.pixel_flat],
                                      minlength=kernel.grid.n_beamlets))
         return np.concatenate(parts)
-
-    def to_csr(self, threshold: float = 0.0) -> sparse.csr_matrix:
-        """The explicit CSR matrix, one column per beamlet (for small problems and tests)."""
-        n = self.shape[1]
-        cols = []
-        for j in range(n):
-            unit = np.zeros(n)
-            unit[j] = 1.0
-            col = self.dose(unit)
-            col[np.abs(col) <= threshold] = 0.0
-            cols.append(sparse.csc_matrix(col[:, None].astype(np.float32)))
-        return sparse.hstack(cols, format="csr")

@@ -88,12 +88,6 @@ class Beam:
         scale = self.sad_mm / t
         return (d[0] * x[0] + d[1] * x[1]) * scale, d[2] * scale, t
 
-    def ray_points(self, u: np.ndarray, w: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """LPS positions at axis distance t on the rays through iso-plane points (u, w) (broadcast)."""
-        x, y, z = self.axes
-        f = (np.asarray(t) / self.sad_mm)[..., None]
-        iso_plane = np.asarray(u)[..., None] * x + np.asarray(w)[..., None] * y - self.sad_mm * z
-        return self.source_lps + f * iso_plane
 
 
 @dataclass(frozen=True)

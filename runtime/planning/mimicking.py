@@ -37,23 +37,6 @@ class Influence(TypingProtocol):
     def adjoint(self, values: np.ndarray) -> np.ndarray: ...
 
 
-@dataclass
-class MatrixInfluence:
-    """An explicit (sparse or dense) voxels x beamlets matrix as an :class:`Influence`."""
-
-    matrix: sparse.spmatrix | np.ndarray
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.matrix.shape
-
-    def dose(self, weights: np.ndarray) -> np.ndarray:
-        return np.asarray(self.matrix @ weights, dtype=np.float64)
-
-    def adjoint(self, values: np.ndarray) -> np.ndarray:
-        return np.asarray(self.matrix.T @ values, dtype=np.float64)
-
-
 @dataclass(frozen=True)
 class MimickingWeights:
     """Relative importance of each kind of term (each already normalised per structure)."""
@@ -123,10 +106,6 @@ class MimickingObjective:
             else:
                 raise ValueError(f"unknown term kind {term.kind!r}")
         return value, grad
-
-    def breakdown(self, dose: np.ndarray) -> dict[str, float]:
-        """Each term's weighted value, for the report."""
-        return {term.name: MimickingObjective([term], self.dose_scale_gy)(dose)[0] for term in self.terms}
 
 
 def build_objective(sample: VoxelSample, target_dose_gy: np.ndarray, protocol: Protocol,
