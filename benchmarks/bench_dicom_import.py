@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from protocols.dataset import find_patient_dirs  # noqa: E402
+from protocols.dicom import FORMATS  # noqa: E402
 from protocols.dicom.export import export_case  # noqa: E402
-from protocols.dicom.importer import FORMATS, import_dicom  # noqa: E402
+from protocols.dicom.importer import import_dicom  # noqa: E402
 from protocols.openkbp import read_openkbp_case  # noqa: E402
 from protocols.protocol import load_protocol  # noqa: E402
 

@@ -6,7 +6,6 @@ its runtime API (for the ClientApp it starts) listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from protocols.errors import ConfigError, DataNotFoundError
 from protocols.protocol import load_protocol
 from wire.endpoint import Endpoint
 from wire.identity import load_node_private_key
-from wire.processes import exec_process, flower_environment, flower_executable, start_process
+from wire.processes import exec_process, flower_environment, flower_executable
 from wire.sites import DATA_CONFIG, NAME_CONFIG
 
 DEFAULT_RUNTIME_PORT = 9094
@@ -100,12 +99,6 @@ def _environment(settings: NodeSettings) -> dict[str, str]:
     if settings.state_dir is not None:
         settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return flower_environment(settings.state_dir)
-
-
-def start_supernode(settings: NodeSettings, log_path: Path) -> subprocess.Popen:
-    """Start the SuperNode in the background (own process group); stop it with ``wire.processes.stop_process``."""
-    check_node_settings(settings)
-    return start_process(supernode_command(settings), _environment(settings), log_path)
 
 
 def run_supernode(settings: NodeSettings) -> NoReturn:

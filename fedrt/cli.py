@@ -33,12 +33,14 @@ from fedrt.commands import (
 )
 from protocols.errors import FedrtError
 
+DESCRIPTION = ("fedrt: federated learning for radiation therapy. Hospitals keep their patients; the models travel. "
+               "`fedrt COMMAND --help` tells a command's options.")
 COMMANDS = (train, predict, evaluate, data, dicom, segment, plan, phantoms, simulate, baseline, compare, models,
             certs, server, node, run)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedrt", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fedrt", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"fedrt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -31,7 +31,7 @@ def dose_inputs(case: Case, protocol: Protocol) -> np.ndarray:
     target = np.zeros(case.shape, np.float32)
     for name in protocol.targets:
         target = np.maximum(target, case.mask(name) * np.float32(rx[name] / protocol.max_prescription_gy))
-    pdm = body_mask(case)
+    pdm = case.dose_region()
     channels = [ct_channel(case.ct_hu), *(case.mask(n).astype(np.float32) for n in protocol.oars),
                 target, pdm.astype(np.float32)]
     return np.stack(channels)
@@ -46,11 +46,6 @@ def soft_tissue_channel(ct_hu: np.ndarray) -> np.ndarray:
 def seg_inputs(case: Case) -> np.ndarray:
     """The CT twice: the wide window (bone, air) and the soft-tissue window (organ boundaries)."""
     return np.stack([ct_channel(case.ct_hu), soft_tissue_channel(case.ct_hu)])
-
-
-def body_mask(case: Case) -> np.ndarray:
-    """The region the dose model works in: the possible-dose mask, or the tissue where there is none."""
-    return case.possible_dose_mask if case.possible_dose_mask is not None else case.tissue_mask()
 
 
 def dose_channel_permutation(protocol: Protocol) -> list[int]:

@@ -38,6 +38,14 @@ class Case:
         """Everything denser than ``TISSUE_HU``: the patient (and any couch), whatever the dose covers."""
         return self.ct_hu > TISSUE_HU
 
+    def dose_region(self) -> np.ndarray:
+        """The voxels that can receive dose, the one rule of every model and planner: the possible-dose mask when
+        it holds any voxel, else the tissue.
+        """
+        if self.possible_dose_mask is not None and self.possible_dose_mask.any():
+            return self.possible_dose_mask
+        return self.tissue_mask()
+
     def mask(self, name: str) -> np.ndarray:
         """The structure's mask, or an all-false mask when the structure was not contoured."""
         found = self.structures.get(name)

@@ -15,13 +15,14 @@ import numpy as np
 
 from models import loop
 from models.checkpoint import Checkpoint
+from models.tasks import expect_task
 from protocols.case import Case
 from protocols.dicom.ct import read_ct_series
 from protocols.dicom.export import CtReference, centred_grid, write_rtstruct, write_study
 from protocols.dicom.geometry import VolumeGrid, resample
 from protocols.dicom.header import StudyContext
 from protocols.dicom.importer import scan_folder
-from protocols.errors import ConfigError, DataNotFoundError, DicomError
+from protocols.errors import DataNotFoundError, DicomError
 from protocols.files import refuse_non_empty, staged_folder
 from protocols.openkbp import is_patient_dir, load_openkbp_case
 from protocols.protocol import Protocol
@@ -97,8 +98,7 @@ def segment(source: Path | str, model: Checkpoint, out_dir: Path | str) -> Segme
     """Segment one patient into a new or empty ``out_dir``: ``RS_<patient>.dcm`` (for OpenKBP input the CT series
     and ``RTSTRUCT.dcm``) and ``overview.png``; the folder appears complete or not at all.
     """
-    if model.task.name != "seg":
-        raise ConfigError(f"the model is a {model.task.name} model; `fedrt segment` needs a segmentation model")
+    expect_task(model.task, "seg", "the model given to `fedrt segment`")
     out_dir = Path(out_dir)
     fix = "choose another --out or delete it"
     refuse_non_empty(out_dir, fix)

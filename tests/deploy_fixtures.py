@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,13 +21,28 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.supernode import NodeSettings, start_supernode
+from client.supernode import NodeSettings
 from fedrt.commands import run as run_command
 from server.certs import create_node_keys, init_certificates
 from server.nodes import SuperLinkControl
 from server.superlink import SuperLinkSettings, start_superlink
 from wire.endpoint import Endpoint
-from wire.processes import descendants, stop_process, wait_until_listening
+from wire.processes import descendants, start_process, stop_process, wait_until_listening
+
+
+def start_node(settings: NodeSettings, log_path: Path) -> subprocess.Popen:
+    """A hospital's node as its operator starts one, `fedrt node start` (it becomes the SuperNode), in the
+    background in its own process group.
+    """
+    flags = ["--superlink", str(settings.superlink), "--data", str(settings.data), "--protocol", settings.protocol,
+             "--runtime-port", str(settings.runtime_port)]
+    for flag, value in (("--ca", settings.ca), ("--key", settings.key), ("--site-name", settings.site_name),
+                        ("--state", settings.state_dir)):
+        if value is not None:
+            flags += [flag, str(value)]
+    if settings.insecure:
+        flags.append("--insecure")
+    return start_process([sys.executable, "-m", "fedrt.cli", "node", "start", *flags], dict(os.environ), log_path)
 
 
 def free_port() -> int:
@@ -160,7 +176,7 @@ class Deployment:
                     control.register(keys.public_key, name)
                     node = NodeSettings(self.endpoint, self.certs.ca_cert, keys.private_key, data, site_name=name,
                                         runtime_port=free_port(), state_dir=self.tmp_path / f"{name}-state")
-                    self.nodes[name] = start_supernode(node, self.tmp_path / f"{name}.log")
+                    self.nodes[name] = start_node(node, self.tmp_path / f"{name}.log")
                     self.started.append(self.nodes[name])
                 self._wait_online(control, 60, "come online")
         except BaseException:

@@ -11,6 +11,10 @@ from external import DICOM3TOOLS, require_tool
 
 from protocols.case import Case
 from protocols.dicom.export import export_case
+from protocols.dicom.importer import read_dicom_folder
+from protocols.dicom.study import DicomCase
+from protocols.protocol import Protocol
+from protocols.validation import CaseReport, Policy, apply_policy
 
 
 def small_case(patient_id: str = "synth", shape: tuple[int, int, int] = (24, 28, 8)) -> Case:
@@ -61,3 +65,15 @@ def dciodvfy_errors(path: Path) -> list[str]:
     run = subprocess.run([require_tool("dciodvfy", DICOM3TOOLS), str(path)], capture_output=True, text=True,
                          timeout=60)
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+def load_dicom_cases(src: Path, protocol: Protocol | str,
+                     policy: Policy | str = Policy.WARN) -> list[tuple[DicomCase | None, CaseReport]]:
+    """Every patient under ``src`` read into a case on its CT grid, each report under the validation policy
+    (``raise`` raises at the first patient with errors or warnings), as the importer reads them.
+    """
+    results = []
+    for dicom_case, report in read_dicom_folder(src, protocol):
+        apply_policy(report, policy)
+        results.append((dicom_case, report))
+    return results

@@ -15,6 +15,7 @@ from deploy_fixtures import LoopbackServer, free_port, write_pem
 from client.preflight import check_dataset, check_network, check_tls, run_preflight
 from client.supernode import NodeSettings, check_node_settings, node_config, supernode_command
 from fedrt.commands import node as node_command
+from protocols.errors import ConfigError, DeploymentError
 from server.certs import create_node_keys, init_certificates, load_ca, make_ca, make_server_certificate
 from wire.endpoint import Endpoint
 
@@ -186,11 +187,11 @@ def test_node_settings_that_cannot_work_are_refused(tmp_path):
     key = create_node_keys("site-a", tmp_path / "keys")
     ca = tmp_path / "ca.crt"
     ca.write_text("x")
-    with pytest.raises(ValueError, match="not an unencrypted OpenSSH"):
+    with pytest.raises(DeploymentError, match="not an unencrypted OpenSSH"):
         check_node_settings(NodeSettings(Endpoint("h", 1), ca, key.public_key, data))
     with pytest.raises(FileNotFoundError, match="dataset folder"):
         check_node_settings(NodeSettings(Endpoint("h", 1), ca, key.private_key, tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="CA certificate"):
         check_node_settings(NodeSettings(Endpoint("h", 1), tmp_path / "no.crt", key.private_key, data))
-    with pytest.raises(ValueError, match="--insecure connects to this machine only"):
+    with pytest.raises(ConfigError, match="--insecure is for this machine only"):
         check_node_settings(NodeSettings(Endpoint("10.0.0.1", 1), None, None, data, insecure=True))

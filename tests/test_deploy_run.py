@@ -11,7 +11,7 @@ import zipfile
 import pytest
 from deploy_fixtures import fedrt_run, free_port
 
-from protocols.errors import ConfigError
+from protocols.errors import ConfigError, DeploymentError
 from server.deployed import decode_overrides, encode_overrides, round_summary
 from server.rounds import RoundReport
 from server.submit import build_app_fab
@@ -59,5 +59,5 @@ def test_missing_ca_and_unreachable_superlink_are_named(tmp_path):
         fedrt_run(["--superlink", "127.0.0.1:9092"])
     with pytest.raises(FileNotFoundError, match=r"ca\.crt from `fedrt certs init`"):
         fedrt_run(["--superlink", "127.0.0.1:9092", "--ca", str(tmp_path / "ca.crt")])
-    with pytest.raises(ValueError, match="refused"):
+    with pytest.raises(DeploymentError, match="refused"):
         fedrt_run(["--superlink", f"127.0.0.1:{free_port()}", "--insecure"])

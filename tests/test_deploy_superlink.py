@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploy_fixtures import free_port, listening_sockets
+from deploy_fixtures import free_port, listening_sockets, start_node
 
 from client.preflight import check_node_key, check_tls
-from client.supernode import NodeSettings, start_supernode
+from client.supernode import NodeSettings
 from fedrt.commands import server as server_command
 from server.certs import create_node_keys, init_certificates
 from server.nodes import ControlError, SuperLinkControl
@@ -60,7 +60,7 @@ class Deployment:
         log = self.root / f"{name}.log"
         settings = NodeSettings(self.endpoint, self.ca, key, self.root / "data", site_name=name,
                                 runtime_port=free_port(), state_dir=self.root / f"{name}-state")
-        proc = start_supernode(settings, log)
+        proc = start_node(settings, log)
         self.supernodes.append(proc)
         return proc, log
 
@@ -176,7 +176,7 @@ def test_insecure_mode_is_loopback_only_and_says_so(tmp_path):
     notes = check_settings(SuperLinkSettings(tmp_path, None, "127.0.0.1", 9092, insecure=True))
     assert "INSECURE" in notes[0] and "LOCAL TESTING ONLY" in notes[0] and "ANY process" in notes[0]
     assert "--insecure" in superlink_command(SuperLinkSettings(tmp_path, None, "127.0.0.1", 9092, insecure=True))
-    with pytest.raises(ValueError, match="loopback only"):
+    with pytest.raises(ValueError, match="for this machine only"):
         check_settings(SuperLinkSettings(tmp_path, None, "0.0.0.0", 9092, insecure=True))
     with pytest.raises(ValueError, match="--certs DIR"):
         check_settings(SuperLinkSettings(tmp_path, None, "0.0.0.0", 9092))

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from dicom_cases import export_small
+from dicom_cases import export_small, load_dicom_cases
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from protocols.dicom.importer import load_dicom_cases
 from protocols.validation import CaseReport, DataValidationError, Policy, Severity
 
 MUTANTS = 300

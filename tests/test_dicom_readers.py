@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_cases import ct_files, dice, edit, export_small, small_case
+from dicom_cases import ct_files, dice, edit, export_small, load_dicom_cases, small_case
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from protocols.dicom.export import centred_grid, write_rtdose
 from protocols.dicom.geometry import VolumeGrid
 from protocols.dicom.header import StudyContext
-from protocols.dicom.importer import load_dicom_cases
 from protocols.dicom.rtdose import read_rtdose
 from protocols.dicom.rtplan import read_rtplan
 from protocols.dicom.rtstruct import read_structure_set

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_cases import ct_files, dice, export_small
+from dicom_cases import ct_files, dice, export_small, load_dicom_cases
 
 from fedrt.cli import build_parser
 from protocols.dicom.export import export_case, write_ct_series, write_rtdose
 from protocols.dicom.geometry import VolumeGrid
 from protocols.dicom.header import StudyContext
-from protocols.dicom.importer import SIDECAR, UNASSIGNED, import_dicom, load_dicom_cases, read_sidecar_grid
+from protocols.dicom.importer import SIDECAR, UNASSIGNED, import_dicom, read_sidecar_grid
 from protocols.errors import OutputError
 from protocols.openkbp import read_openkbp_case
 from protocols.validation import Policy

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,7 +149,11 @@ def test_evaluate_reports_the_tasks_site_metrics_on_local_validation_cases(hospi
 def test_a_node_without_data_path_is_told_how_to_start():
     with pytest.raises(ValueError, match="data-path"):
         data_path(context({}))
-    assert str(data_path(context({"partition-id": 1}), {0: "/a", 1: "/b"})) == "/b"
+    def locate(ctx):
+        return Path("/sites") / f"site-{ctx.node_config['partition-id']}"
+
+    assert data_path(context({"partition-id": 1}), locate) == Path("/sites/site-1")
+    assert data_path(context({"data-path": "/srv/data", "partition-id": 1}), locate) == Path("/srv/data")
 
 
 def test_site_names_and_seeds_are_stable_pseudonyms():

@@ -75,7 +75,7 @@ def test_segment_refuses_a_dose_model_and_a_folder_without_ct(openkbp_root, tmp_
     from models.tasks import make_task
 
     dose = make_task("dose", seg_model.task.protocol, seg_model.task.model_config)
-    with pytest.raises(ValueError, match="needs a segmentation model"):
+    with pytest.raises(ValueError, match="give a segmentation model"):
         segment(openkbp_root / "validation-pats" / "pt_201",
                 type(seg_model)(dose, dose.build_network()), tmp_path / "x")
     (tmp_path / "empty").mkdir()

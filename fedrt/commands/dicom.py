@@ -5,13 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from protocols.dicom.export import export_case
-from protocols.dicom.importer import FORMATS, import_dicom, read_sidecar_grid
+from protocols.dicom import FORMATS
 from protocols.errors import OutputError
-from protocols.files import refuse_non_empty
-from protocols.openkbp import load_openkbp_case
-from protocols.protocol import load_protocol
-from protocols.validation import Policy, print_reports
+from protocols.validation import Policy
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +37,10 @@ def add_import_dicom(data_subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from protocols.dicom.importer import import_dicom
+    from protocols.protocol import load_protocol
+    from protocols.validation import print_reports
+
     if Path(args.dst).exists() and not Path(args.dst).is_dir():
         raise OutputError(f"{args.dst} exists and is not a folder; give the dataset folder to import the patients into")
     reports = import_dicom(args.src, args.dst, load_protocol(args.protocol), args.fmt, args.names, args.policy)
@@ -48,6 +48,12 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from protocols.dicom.export import export_case
+    from protocols.dicom.importer import read_sidecar_grid
+    from protocols.files import refuse_non_empty
+    from protocols.openkbp import load_openkbp_case
+    from protocols.protocol import load_protocol
+
     fix = "choose another OUT folder or delete it"
     refuse_non_empty(args.out, fix)
     protocol = load_protocol(args.protocol)

@@ -82,7 +82,7 @@ class Task(ABC, Generic[Prediction, Score]):
 
     def crop(self, case: Case) -> encoding.Crop:
         """The box of the case the network sees, on the working grid."""
-        return encoding.plan_crop(encoding.body_mask(case), self.model_config.downsample, self.model_config.divisor)
+        return encoding.plan_crop(case.dose_region(), self.model_config.downsample, self.model_config.divisor)
 
     @abstractmethod
     def inputs(self, case: Case) -> np.ndarray:

@@ -40,7 +40,7 @@ class DoseTask(Task[np.ndarray, PatientScore]):
             raise DataError(f"patient {case.patient_id} ({case.source}) has no dose: it cannot train a dose model")
         crop = self.crop(case)
         scaled = case.dose_gy[None] / self.protocol.max_prescription_gy
-        body = encoding.body_mask(case)[None]
+        body = case.dose_region()[None]
         return Prepared(case.patient_id, encoding.to_working(self.inputs(case), crop),
                         encoding.to_working(scaled, crop), encoding.to_working(body, crop),
                         torch.ones(1), crop)
@@ -55,7 +55,7 @@ class DoseTask(Task[np.ndarray, PatientScore]):
     def postprocess(self, output: torch.Tensor, case: Case, crop: encoding.Crop) -> np.ndarray:
         """Dose in Gy on the native grid, zero outside the possible-dose mask."""
         dose = encoding.to_native(output * self.protocol.max_prescription_gy, crop)[0]
-        return (np.clip(dose, 0.0, None) * encoding.body_mask(case)).astype(np.float32)
+        return (np.clip(dose, 0.0, None) * case.dose_region()).astype(np.float32)
 
     def score(self, case: Case, prediction: np.ndarray) -> PatientScore:
         return evaluate_dose(case, prediction, self.protocol)

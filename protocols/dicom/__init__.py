@@ -5,3 +5,5 @@ Modules, one job each: ``geometry`` (grids in patient space, resampling), ``rast
 patient's objects -> a case), ``importer`` (folders -> protocol dataset), ``header`` (what every written
 object shares), ``export`` (writers).
 """
+
+FORMATS = ("fedrt", "openkbp")  # dataset layouts the import writes: fedrt's (gzip + import record), the challenge's

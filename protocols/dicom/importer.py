@@ -23,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from protocols.case import Case
+from protocols.dicom import FORMATS
 from protocols.dicom.attributes import MALFORMED, text
 from protocols.dicom.ct import CT_IMAGE_STORAGE
 from protocols.dicom.geometry import AXIS_DIRECTIONS, VolumeGrid, resample
@@ -35,15 +37,15 @@ from protocols.dicom.rtdose import RT_DOSE_STORAGE
 from protocols.dicom.rtplan import RT_PLAN_STORAGE
 from protocols.dicom.rtstruct import RT_STRUCTURE_SET_STORAGE
 from protocols.dicom.study import DicomCase, PatientFiles, read_patient
-from protocols.errors import ConfigError, DataError, DataNotFoundError
+from protocols.errors import ConfigError, DataError, DataNotFoundError, DicomError
 from protocols.openkbp import write_openkbp_case
 from protocols.protocol import Protocol, load_protocol
 from protocols.validation import CaseReport, DataValidationError, Policy, Severity, apply_policy
 
 log = logging.getLogger(__name__)
-FORMATS = ("fedrt", "openkbp")
 SIDECAR = "dicom_import.json"
 UNASSIGNED = "(unassigned files)"
+UNDEFINED_LENGTH = 0xFFFFFFFF  # a sequence or item whose end is a delimiter, not a byte count
 DEFER_BYTES = 64 * 1024  # larger values (pixel data, long contours) are read from the file when used
 KINDS = {CT_IMAGE_STORAGE: "CT", RT_STRUCTURE_SET_STORAGE: "RTSTRUCT", RT_DOSE_STORAGE: "RTDOSE",
          RT_PLAN_STORAGE: "RTPLAN"}
@@ -56,7 +58,7 @@ def read_dicom_header(path: Path) -> Dataset | None:
     they hold a SOP Class UID. Anything else malformed raises one of ``attributes.MALFORMED``.
     """
     try:
-        return pydicom.dcmread(path, defer_size=DEFER_BYTES)
+        return _complete(path, pydicom.dcmread(path, defer_size=DEFER_BYTES))
     except InvalidDicomError:
         pass
     try:
@@ -65,7 +67,21 @@ def read_dicom_header(path: Path) -> Dataset | None:
             ds = pydicom.dcmread(path, defer_size=DEFER_BYTES, force=True)
     except MALFORMED:
         return None
-    return ds if text(ds, "SOPClassUID") else None
+    return _complete(path, ds) if text(ds, "SOPClassUID") else None
+
+
+def _complete(path: Path, ds: Dataset) -> Dataset:
+    """``ds`` if no top-level element claims bytes past the end of the file; pydicom reads a file cut inside its
+    last element without a word, so a truncated copy is caught here.
+    """
+    size = path.stat().st_size
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset yields its elements, decoded)
+        element = ds.get_item(tag)
+        if isinstance(element, RawDataElement) and element.length != UNDEFINED_LENGTH \
+                and element.value_tell + element.length > size:
+            raise DicomError(f"the file is truncated: element {element.tag} needs {element.length} bytes from byte "
+                             f"{element.value_tell}, but the file ends at byte {size}")
+    return ds
 
 
 def scan_folder(src: Path) -> tuple[dict[str, PatientFiles], CaseReport]:
@@ -127,18 +143,6 @@ def read_dicom_folder(src: Path | str, protocol: Protocol | str, name_overrides:
         yield _read_guarded(files, protocol, table, report), report
     if skipped.findings:
         yield None, skipped
-
-
-def load_dicom_cases(src: Path | str, protocol: Protocol | str, name_overrides: Path | str | None = None,
-                     policy: Policy | str = Policy.WARN) -> list[tuple[DicomCase | None, CaseReport]]:
-    """Read every patient under ``src`` into a case on its CT grid, each report under the validation policy
-    (``raise`` raises :class:`DataValidationError` at the first patient with errors or warnings).
-    """
-    results = []
-    for dicom_case, report in read_dicom_folder(src, protocol, name_overrides):
-        apply_policy(report, policy)
-        results.append((dicom_case, report))
-    return results
 
 
 def _read_guarded(files: PatientFiles, protocol: Protocol, table, report: CaseReport) -> DicomCase | None:

@@ -9,7 +9,6 @@ from scipy import ndimage
 
 from protocols.case import Case
 from protocols.protocol import Protocol
-from runtime.planning.sampling import body_mask
 
 FALLOFF_MM = 15.0
 
@@ -24,4 +23,4 @@ def ideal_dose(case: Case, protocol: Protocol, falloff_mm: float = FALLOFF_MM) -
         distance = ndimage.distance_transform_edt(~mask, sampling=case.spacing_mm)
         rx = protocol.structure(name).prescription_gy
         dose = np.maximum(dose, (rx * np.exp(-distance / falloff_mm)).astype(np.float32))
-    return np.where(body_mask(case), dose, 0.0).astype(np.float32)
+    return np.where(case.dose_region(), dose, 0.0).astype(np.float32)

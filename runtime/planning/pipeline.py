@@ -74,10 +74,10 @@ def target_dose_for(case: Case, protocol: Protocol, dose_model: str | None = Non
         from models import loop
         from models.checkpoint import load_checkpoint
         from models.registry import resolve_model
+        from models.tasks import expect_task
 
         model = load_checkpoint(resolve_model(dose_model))
-        if model.task.name != "dose":
-            raise ConfigError(f"--dose-model {dose_model} is a {model.task.name} model; give a dose model")
+        expect_task(model.task, "dose", f"--dose-model {dose_model}")
         return loop.predict(model.network, model.task, case), f"predicted by {dose_model}"
     path = Path(target_dose)
     if not path.is_file():
@@ -96,10 +96,10 @@ def contour_missing_oars(case: Case, seg_model: str) -> list[str]:
     from models import loop
     from models.checkpoint import load_checkpoint
     from models.registry import resolve_model
+    from models.tasks import expect_task
 
     model = load_checkpoint(resolve_model(seg_model))
-    if model.task.name != "seg":
-        raise ConfigError(f"--seg-model {seg_model} is a {model.task.name} model; give a segmentation model")
+    expect_task(model.task, "seg", f"--seg-model {seg_model}")
     missing = [name for name in model.task.protocol.oars if name not in case.structures]
     if missing:
         masks = loop.predict(model.network, model.task, case)
@@ -114,7 +114,6 @@ def plan_summary(case: Case, protocol: Protocol, plan: PlanResult, target: np.nd
     for name, dose in (("plan", plan.dose_gy), ("target", target)):
         goals[name] = [{"goal": r.goal.label, "value_gy": r.value_gy, "passed": r.passed}
                        for r in evaluate_goals(dose, case.structures, case.voxel_volume_mm3, protocol)]
-    mask = case.possible_dose_mask if case.possible_dose_mask is not None else np.ones(case.shape, bool)
     return {
         "patient": case.patient_id,
         "target_dose": label,
@@ -125,7 +124,7 @@ def plan_summary(case: Case, protocol: Protocol, plan: PlanResult, target: np.nd
         "goals_met": {k: sum(bool(g["passed"]) for g in v) for k, v in goals.items()},
         "goals_evaluated": sum(g["passed"] is not None for g in goals["plan"]),
         "goals": goals,
-        "dose_error_vs_target_gy": openkbp_dose_error(target, plan.dose_gy, mask),
+        "dose_error_vs_target_gy": openkbp_dose_error(target, plan.dose_gy, case.dose_region()),
         "timings_s": timings,
         "total_s": total_s,
     }

@@ -35,7 +35,7 @@ from runtime.planning.mimicking import (
     mimic,
     smoothness_matrix,
 )
-from runtime.planning.sampling import SampleBudget, body_mask, sample_voxels, target_union
+from runtime.planning.sampling import SampleBudget, sample_voxels, target_union
 from runtime.planning.sequencing import DEFAULT_LEVELS, BeamSequence, sequence_beam
 
 Progress = Callable[[str, str], None]
@@ -116,7 +116,7 @@ def make_plan(case: Case, protocol: Protocol, target_dose_gy: np.ndarray, config
         iso = isocenter_of(target_points)
         beams = coplanar_beams(config.n_beams, iso, config.start_gantry_deg)
         grids = [beamlet_grid(b, target_points, config.margin_mm) for b in beams]
-        engine = DoseEngine.build(config.density(case.ct_hu), frame, beams, grids, body_mask(case))
+        engine = DoseEngine.build(config.density(case.ct_hu), frame, beams, grids, case.dose_region())
     with clock.stage("matrix"):
         sample = sample_voxels(case, protocol, config.budget, config.seed)
         points = frame.to_lps(np.stack(np.unravel_index(sample.flat_index, case.shape), axis=1))
@@ -148,7 +148,7 @@ def make_plan(case: Case, protocol: Protocol, target_dose_gy: np.ndarray, config
             progress("sequencing", f"{sum(len(s.segments) for s in sequences)} segments, "
                                    f"{sum(s.mu for s in sequences) / protocol.fractions:.0f} MU per fraction")
     with clock.stage("final dose"):
-        dose = final_dose(engine, sequences, case, body_mask(case))
+        dose = final_dose(engine, sequences, case, case.dose_region())
     return PlanResult(case.patient_id, frame, iso, beams, grids, sequences, result, dose, fluence_dose,
                       sample.flat_index, clock.timings, protocol.fractions)
 

@@ -35,13 +35,6 @@ class VoxelSample:
     rx_gy: np.ndarray  # per sampled voxel, the highest prescription of the targets holding it (0 outside)
 
 
-def body_mask(case: Case) -> np.ndarray:
-    """The voxels that can receive dose: the possible-dose mask, or the tissue without one."""
-    if case.possible_dose_mask is not None and case.possible_dose_mask.any():
-        return case.possible_dose_mask
-    return case.tissue_mask()
-
-
 def target_union(case: Case, protocol: Protocol) -> np.ndarray:
     union = np.zeros(case.shape, dtype=bool)
     for name in protocol.targets:
@@ -53,7 +46,7 @@ def sample_voxels(case: Case, protocol: Protocol, budget: SampleBudget = SampleB
                   seed: int = 0) -> VoxelSample:
     """Draw the optimisation voxels: targets, OARs, rings at 0-10 and 10-30 mm outside the targets, the rest."""
     rng = np.random.default_rng(seed)
-    body = body_mask(case)
+    body = case.dose_region()
     targets = target_union(case, protocol)
     picked: dict[str, np.ndarray] = {}
     kinds: dict[str, str] = {}
