@@ -23,7 +23,7 @@ from pathlib import Path
 from flwr.proto.federation_config_pb2 import SimulationConfig
 from omegaconf import DictConfig
 
-from protocols.errors import DeploymentError
+from protocols.errors import ConfigError, DeploymentError
 from server.deployed import CONFIG_KEY, encode_config
 from server.federation import FederationOutcome
 from server.rounds import RoundReport
@@ -34,10 +34,12 @@ from simulation.partition import VirtualSite
 from wire.endpoint import Endpoint
 from wire.processes import stop_process, wait_until_listening
 
-# Ray must neither phone home nor open a dashboard; the hospitals' machines are offline. Every Ray process of a
-# single-machine Ray listens on 127.0.0.1 only (Ray reads this switch, named for Windows/macOS, when imported).
+# Ray must neither phone home nor open a dashboard; the hospitals' machines are offline.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
-           "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+           "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+# A single-machine Ray: its own (never one an earlier `ray start` recorded), every process on 127.0.0.1 only (Ray
+# reads this switch, named for Windows/macOS, when it is imported).
+LOCAL_RAY_ENV = {"RAY_ADDRESS": "local", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 @dataclass
@@ -56,14 +58,19 @@ def _free_port() -> int:
 
 
 def ray_environment(config: DictConfig) -> dict[str, str]:
-    """The simulation's Ray: its own on loopback (``local``), or the cluster ``simulation.ray_address`` names."""
-    return {**RAY_ENV, "RAY_ADDRESS": str(config.simulation.ray_address or "local")}
+    """The simulation's Ray: its own on loopback, or the cluster ``simulation.ray_address`` names."""
+    if config.simulation.ray_address:
+        return {**RAY_ENV, "RAY_ADDRESS": str(config.simulation.ray_address)}
+    return {**RAY_ENV, **LOCAL_RAY_ENV}
 
 
 def federation(config: DictConfig) -> SimulationConfig:
     """Flower's simulated federation: one SuperNode per hospital, each with its share of CPUs."""
-    return SimulationConfig(num_supernodes=int(config.num_sites),
-                            client_resources_num_cpus=int(config.simulation.cpus_per_site),
+    cpus = float(config.simulation.cpus_per_site)
+    if cpus < 1 or not cpus.is_integer():
+        raise ConfigError(f"simulation.cpus_per_site={config.simulation.cpus_per_site}: Flower's simulation runtime "
+                          "gives each virtual hospital a whole number of CPUs; give 1 or more")
+    return SimulationConfig(num_supernodes=int(config.num_sites), client_resources_num_cpus=int(cpus),
                             client_resources_num_gpus=0.0)
 
 

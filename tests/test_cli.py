@@ -15,7 +15,12 @@ from fedrt.commands import evaluate
 HEAVY = ("torch", "monai", "mlflow", "flwr", "scipy", "matplotlib")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["plan", "--help"], ["simulate", "--help"], ["node", "start", "--help"]])
+COMMANDS = ["train", "predict", "evaluate", "data", "export-dicom", "segment", "plan", "phantoms", "simulate",
+            "baseline", "compare", "models", "certs", "server", "node", "run"]
+
+
+@pytest.mark.parametrize("argv", [["--help"], *([c, "--help"] for c in COMMANDS), ["node", "start", "--help"],
+                                  ["data", "import-dicom", "--help"]])
 def test_help_leaves_the_heavy_libraries_unimported(argv):
     probe = "\n".join(["import sys", "from fedrt import cli", "try:", f"    cli.build_parser().parse_args({argv!r})",
                        "except SystemExit:", "    pass", "print(' '.join({m.split('.')[0] for m in sys.modules}))"])
