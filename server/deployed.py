@@ -11,7 +11,6 @@ import json
 import logging
 import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from configs.compose import compose
 from protocols.errors import ConfigError
-from server.app import make_server_app
-from server.federation import FederationOutcome, open_run
+from server.federation import FederationOutcome, open_run, run_recorded
 from server.rounds import RoundReport
 from server.tracking import Tracker
 from wire.records import NUM_EXAMPLES
@@ -113,10 +111,9 @@ def _print_outcome(outcome: FederationOutcome) -> None:
           f"model {outcome.checkpoint}", flush=True)
 
 
-def serve(grid: Grid, context: Context, config: DictConfig,
-          on_done: Callable[[FederationOutcome], None] | None = None, tracker: Tracker | None = None) -> None:
-    """Run the federation of ``config`` on ``grid``, streaming progress and one summary per round to the output;
-    ``tracker``: its MLflow run, already opened with ``open_run`` (which gave ``config``).
+def serve(grid: Grid, config: DictConfig, tracker: Tracker) -> FederationOutcome:
+    """Run the federation of ``config`` on ``grid`` in ``tracker``'s MLflow run (both from ``open_run``),
+    streaming progress and one summary per round to the output.
     """
     progress = logging.StreamHandler(sys.stdout)
     progress.setFormatter(logging.Formatter("fedrt %(levelname)s %(name)s: %(message)s"))
@@ -125,16 +122,11 @@ def serve(grid: Grid, context: Context, config: DictConfig,
     logger.addHandler(progress)
     logger.setLevel(logging.INFO)
     try:
-        tracker, run_config = (tracker, config) if tracker is not None else open_run(config)
-        print(f"fedrt: MLflow run {tracker.run_id} ({run_config.tracking.uri}); {run_config.rounds} rounds, "
-              f"task {run_config.task.name}, strategy {run_config.strategy.name}", flush=True)
-
-        def finished(outcome: FederationOutcome) -> None:
-            _print_outcome(outcome)
-            if on_done is not None:
-                on_done(outcome)
-
-        make_server_app(run_config, finished, RoundPrinter(tracker, int(run_config.rounds)))(grid, context)
+        print(f"fedrt: MLflow run {tracker.run_id} ({config.tracking.uri}); {config.rounds} rounds, "
+              f"task {config.task.name}, strategy {config.strategy.name}", flush=True)
+        outcome = run_recorded(grid, config, RoundPrinter(tracker, int(config.rounds)))
+        _print_outcome(outcome)
+        return outcome
     finally:
         logger.removeHandler(progress)
         logger.setLevel(level)
@@ -146,4 +138,5 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the federation the submitted run config describes."""
-    serve(grid, context, config_from_run(dict(context.run_config)))
+    tracker, config = open_run(config_from_run(dict(context.run_config)))
+    serve(grid, config, tracker)

@@ -199,6 +199,19 @@ def run_federation(grid: Grid, config: DictConfig, tracker: Tracker) -> Federati
     return FederationOutcome(tracker.run_id, rounds, first_round, output, version, validation, reports)
 
 
+def run_recorded(grid: Grid, config: DictConfig, tracker: Tracker) -> FederationOutcome:
+    """Run the federation in ``tracker``'s MLflow run: FINISHED when it ends, FAILED (so resumable with
+    ``resume=<run id>``) on any failure or interruption.
+    """
+    try:
+        outcome = run_federation(grid, config, tracker)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
+    return outcome
+
+
 def _last_scores(reports: list[RoundReport]) -> dict[str, Any]:
     """The latest server-side scores, else the latest site-side ones (without the example count)."""
     for report in reversed(reports):

@@ -83,12 +83,16 @@ def server_main(grid: Grid, context: Context) -> None:
     nodes = len(list(grid.get_node_ids()))
     tracker, config = open_run(simulation_config(config_from_run(dict(context.run_config)), nodes))
     config = simulation_config(config, nodes)  # a resumed run continues with the config it recorded
-    sites = virtual_sites(config, sites_dir(context))
+    try:
+        sites = virtual_sites(config, sites_dir(context))
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
     for site in sites:
         print(f"fedrt: {site.name}: {len(site.train)} training, {len(site.val)} validation patients", flush=True)
-    outcome_file = str(context.run_config.get(OUTCOME_KEY, ""))
-    serve(grid, context, config, (lambda outcome: write_outcome(Path(outcome_file), outcome, sites))
-          if outcome_file else None, tracker)
+    outcome = serve(grid, config, tracker)
+    if outcome_file := str(context.run_config.get(OUTCOME_KEY, "")):
+        write_outcome(Path(outcome_file), outcome, sites)
 
 
 def _site_folder(context: Context) -> Path:
