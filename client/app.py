@@ -1,6 +1,7 @@
 """The hospital's Flower ClientApp: train the received global model on the site's own patients with the one
 training loop, evaluate it on the site's validation patients, or tell its site name. Replies carry the weights,
-scalar metrics and the site's pseudonymous name, nothing else: no case ids, no voxels.
+scalar metrics and the site's pseudonymous name, nothing else: no case ids, no voxels, and a failure travels only
+as a fixed code and message (``client.failures``).
 
 Deployment: ``flower-supernode ... --node-config 'data-path="/data/openkbp"'`` runs ``client.app:app``.
 """
@@ -16,10 +17,12 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from client.clipping import clipping_when_asked
+from client.failures import SiteFailed, withhold_failures
 from client.site import Locator, SiteData, data_path, load_site, round_seed
 from models import loop
 from models.weights import set_weights
 from protocols.errors import DeploymentError
+from wire.failures import NO_USABLE_DATA
 from wire.plan import SitePlan, decode_plan
 from wire.records import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PROXIMAL_MU, SERVER_ROUND, SITE, SITE_NAME
 from wire.sites import own_site_name
@@ -70,16 +73,17 @@ def _site(msg: Message, context: Context, locate: Locator | None) -> tuple[SiteP
 def make_client_app(locate: Locator | None = None) -> ClientApp:
     """The ClientApp; ``locate`` stands in for ``data-path`` in simulation (a virtual node's folder).
 
-    Its one mod clips the site's update when the server runs client-side differential privacy.
+    Its mods, outermost first: no exception's text leaves the node; the site's update is clipped when the server
+    runs client-side differential privacy.
     """
-    app = ClientApp(mods=[clipping_when_asked])
+    app = ClientApp(mods=[withhold_failures, clipping_when_asked])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         plan, data = _site(msg, context, locate)
         network = _network(plan, msg.content[ARRAYS])
         if not data.train:
-            return _reply(msg, context, {NUM_EXAMPLES: 0}, ArrayRecord(network.state_dict()))
+            raise SiteFailed(NO_USABLE_DATA, f"no usable training patients under {data_path(context, locate)}")
         config = msg.content[CONFIG]
         seed = round_seed(plan.train.seed, int(config[SERVER_ROUND]), own_site_name(context))
         settings = dataclasses.replace(plan.round_settings(int(config[SERVER_ROUND])), seed=seed,

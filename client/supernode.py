@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from client.rejoin import end_previous_session
 from protocols.errors import ConfigError, DataNotFoundError
 from protocols.protocol import load_protocol
 from wire.endpoint import Endpoint
@@ -106,6 +107,8 @@ def run_supernode(settings: NodeSettings) -> NoReturn:
     check_node_settings(settings)
     if settings.insecure:
         print(insecure_banner(settings), file=sys.stderr)
+    else:
+        end_previous_session(str(settings.superlink), settings.ca, settings.key, settings.state_dir)
     print(f"fedrt node: SuperNode connecting out to {settings.superlink}; data {settings.data} "
           f"(protocol {settings.protocol}); no inbound port is opened", file=sys.stderr)
     exec_process(supernode_command(settings), _environment(settings))

@@ -11,6 +11,7 @@ import json
 import logging
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
 from configs.compose import compose
-from protocols.errors import ConfigError
+from protocols.errors import ConfigError, FedrtError
 from server.federation import FederationOutcome, open_run, run_recorded
+from server.journal import FAILED, FINISHED, JOURNAL_DIR, JournalEntry, RunJournal
 from server.rounds import RoundReport
 from server.tracking import Tracker
 from wire.records import NUM_EXAMPLES
@@ -81,12 +83,13 @@ def config_from_run(run_config: dict[str, Any]) -> DictConfig:
 
 
 def round_summary(report: RoundReport, rounds: int) -> str:
-    """One line per finished round: loss, server and site scores, time, sites answering, rejections."""
+    """One line per finished round, timestamped: loss, server and site scores, time, sites answering, rejections."""
     loss = report.train_metrics.get("train_loss", float("nan"))
     scores = report.server_metrics or report.evaluate_metrics
     shown = " ".join(f"{k}={v:.4f}" for k, v in scores.items() if k != NUM_EXAMPLES and not k.startswith("hd95"))
     rejected = f", rejected: {'; '.join(f'{k} ({v})' for k, v in report.rejected.items())}" if report.rejected else ""
-    return (f"fedrt round {report.server_round}/{rounds}: train_loss={loss:.4f} {shown} ({report.seconds:.1f} s, "
+    return (f"{time.strftime('%Y-%m-%d %H:%M:%S')} fedrt round {report.server_round}/{rounds}: "
+            f"train_loss={loss:.4f} {shown} ({report.seconds:.1f} s, "
             f"{len(report.site_train)} sites trained: {', '.join(sorted(report.site_train)) or 'none'}{rejected})")
 
 
@@ -116,7 +119,7 @@ def serve(grid: Grid, config: DictConfig, tracker: Tracker) -> FederationOutcome
     streaming progress and one summary per round to the output.
     """
     progress = logging.StreamHandler(sys.stdout)
-    progress.setFormatter(logging.Formatter("fedrt %(levelname)s %(name)s: %(message)s"))
+    progress.setFormatter(logging.Formatter("%(asctime)s fedrt %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("server")
     level = logger.level
     logger.addHandler(progress)
@@ -124,7 +127,12 @@ def serve(grid: Grid, config: DictConfig, tracker: Tracker) -> FederationOutcome
     try:
         print(f"fedrt: MLflow run {tracker.run_id} ({config.tracking.uri}); {config.rounds} rounds, "
               f"task {config.task.name}, strategy {config.strategy.name}", flush=True)
-        outcome = run_recorded(grid, config, RoundPrinter(tracker, int(config.rounds)))
+        try:
+            outcome = run_recorded(grid, config, RoundPrinter(tracker, int(config.rounds)))
+        except FedrtError as error:
+            print(f"fedrt: run stopped: {error}\nfedrt: MLflow run {tracker.run_id} is marked FAILED; it resumes "
+                  f"from its last round checkpoint with `fedrt run resume={tracker.run_id}`", flush=True)
+            raise
         _print_outcome(outcome)
         return outcome
     finally:
@@ -137,6 +145,15 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the federation the submitted run config describes."""
+    """Run the federation the submitted run config describes, journalled in the SuperLink's state folder (the
+    ServerApp's working folder) so that a server restarted after a crash resumes it.
+    """
     tracker, config = open_run(config_from_run(dict(context.run_config)))
-    serve(grid, config, tracker)
+    journal = RunJournal(Path.cwd() / JOURNAL_DIR)
+    entry = journal.write(JournalEntry(context.run_id, tracker.run_id, str(config.tracking.uri)))
+    try:
+        serve(grid, config, tracker)
+    except Exception:
+        journal.mark(entry, FAILED)
+        raise
+    journal.mark(entry, FINISHED)

@@ -1,5 +1,5 @@
 """The round driver: Flower strategy hooks in order, from any round (so a run can resume), with bounded waits
-and a report per round (wall time, bytes on the wire, per-site metrics, rejections) for tracking.
+naming lost sites, and a report per round (wall time, bytes on the wire, per-site metrics, rejections) for tracking.
 
 Flower's ``Strategy.start`` always starts at round 1 and offers no per-round hook; this runs the same steps.
 """
@@ -11,14 +11,18 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
+from protocols.errors import DeploymentError
 from server.strategies import ScreenedStrategy
 from server.strategies.privacy import PrivateStrategy
 from server.validation import Screened
-from wire.sites import reply_site_name
+from wire.failures import FAILURES, NO_REPLY, NODE_LOST, failure_error
+from wire.sites import node_digest_name, reply_site_name
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +63,41 @@ class RoundReport:
         return self.site_train_total_s if self.sequential else self.slowest_site_train_s
 
 
-def wait_for_nodes(grid: Grid, minimum: int, wait_s: float) -> int:
-    """Block until ``minimum`` nodes are connected; a TimeoutError (not a hang) when they do not come."""
-    deadline = time.monotonic() + wait_s
-    while (connected := len(list(grid.get_node_ids()))) < minimum:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {connected} of the {minimum} required nodes connected within {wait_s:g} s; "
-                               "start the missing hospitals' nodes or lower federation.min_available_nodes")
-        time.sleep(0.5)
-    return connected
+class NodesLostError(DeploymentError):
+    """Too few nodes (or usable sites) for a round: the run stops instead of waiting or merging fewer sites."""
+
+
+class BoundedGrid:
+    """The run's Grid with a bound on waiting for nodes: Flower's strategies (``sample_nodes``) poll
+    ``get_node_ids`` until enough nodes are connected, without a time limit; here a phase that still lacks
+    ``required`` nodes ``wait_s`` after it began raises ``NodesLostError`` naming the missing sites.
+    """
+
+    def __init__(self, grid: Grid, wait_s: float, names: dict[int, str]):
+        self.grid, self.wait_s, self.names = grid, wait_s, names
+        self.required, self.phase, self.started = 0, "", time.monotonic()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
+
+    def begin(self, phase: str, required: int) -> None:
+        """Start a phase that needs ``required`` connected nodes (its wait starts now)."""
+        self.phase, self.required, self.started = phase, required, time.monotonic()
+
+    def get_node_ids(self) -> Iterable[int]:
+        """The connected nodes; raises when the phase has waited ``wait_s`` for too few."""
+        nodes = list(self.grid.get_node_ids())
+        if len(nodes) < self.required and time.monotonic() - self.started > self.wait_s:
+            missing = sorted(name for node, name in self.names.items() if node not in nodes)
+            lost = f" (missing: {', '.join(missing)})" if missing else ""
+            raise NodesLostError(f"{self.phase}: only {len(nodes)} of the {self.required} required nodes connected "
+                                 f"within {self.wait_s:g} s{lost}; restart the missing hospitals' nodes or lower "
+                                 "federation.min_*_nodes, then resume the run with resume=<MLflow run id>")
+        return nodes
+
+
+def _name(node: int, names: dict[int, str]) -> str:
+    return names.get(node) or node_digest_name(node)
 
 
 def _array_bytes(messages: Iterable[Message]) -> int:
@@ -86,15 +116,39 @@ def _scalars(record: MetricRecord | None) -> dict[str, float]:
     return {k: float(v) for k, v in (record or {}).items() if not isinstance(v, list)}
 
 
-def _exchange(grid: Grid, messages: list[Message], timeout_s: float, report: RoundReport) -> list[Message]:
+def _from_superlink(reply: Message) -> bool:
+    """An error the SuperLink made for a node that cannot answer (lost, or its reply expired)."""
+    return reply.has_error() and reply.metadata.src_node_id == SUPERLINK_NODE_ID
+
+
+def _exchange(grid: Grid, messages: list[Message], deadline: float, report: RoundReport,
+              names: dict[int, str]) -> list[Message]:
+    """Send ``messages``, wait for replies until the round's ``deadline``, and return exactly one reply per
+    message: a node that did not reply, or that Flower reports lost (those replies come from the SuperLink,
+    node 1), is given an error reply of its own node, named by the site name it gave before.
+    """
     if not messages:
         return []
     report.bytes_sent += _array_bytes(messages)
-    replies = list(grid.send_and_receive(messages, timeout=timeout_s))
-    report.bytes_received += _array_bytes(replies)
-    if len(replies) < len(messages):
-        log.warning("round %d: %d of %d nodes did not reply within %g s; going on without them",
-                    report.server_round, len(messages) - len(replies), len(messages), timeout_s)
+    timeout_s = max(deadline - time.monotonic(), 0.0)
+    received = list(grid.send_and_receive(messages, timeout=timeout_s))
+    report.bytes_received += _array_bytes(received)
+    for reply in received:
+        if not _from_superlink(reply):
+            name = reply_site_name(reply)
+            if name != node_digest_name(reply.metadata.src_node_id):
+                names[reply.metadata.src_node_id] = name
+    by_request = {r.metadata.reply_to_message_id: r for r in received}
+    replies = []
+    for message in messages:
+        node = message.metadata.dst_node_id
+        reply = by_request.get(message.metadata.message_id)
+        if reply is not None and not _from_superlink(reply):
+            replies.append(reply)
+            continue
+        failure = NO_REPLY if reply is None else FAILURES.get(int(reply.error.code), NODE_LOST)
+        log.warning("round %d: %s: %s", report.server_round, _name(node, names), failure.message)
+        replies.append(Message(failure_error(failure, _name(node, names)), reply_to=message))
     return replies
 
 
@@ -104,15 +158,20 @@ def run_rounds(strategy: ScreenedStrategy | PrivateStrategy, grid: Grid, arrays:
                evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
                on_round: Callable[[RoundReport, ArrayRecord], None] | None = None) -> ArrayRecord:
     """Run rounds ``first_round..last_round`` from ``arrays``; returns the final global arrays."""
+    names: dict[int, str] = {}
+    bounded = BoundedGrid(grid, node_wait_s, names)
+    available = int(strategy.min_available_nodes)
     for server_round in range(first_round, last_round + 1):
         log.info("round %d/%d", server_round, last_round)
         report = RoundReport(server_round, sequential=strategy.sequential)
         start = time.perf_counter()
-        wait_for_nodes(grid, strategy.min_available_nodes, node_wait_s)
-        messages = list(strategy.configure_train(server_round, arrays, train_config, grid))
-        exchange = partial(_exchange, grid, timeout_s=timeout_s, report=report)
+        bounded.begin(f"round {server_round} training", max(available, int(strategy.min_train_nodes)))
+        messages = list(strategy.configure_train(server_round, arrays, train_config, bounded))
+        exchange = partial(_exchange, grid, deadline=time.monotonic() + timeout_s, report=report, names=names)
         replies = strategy.send_train(server_round, messages, exchange)
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        report.rejected = {f"train/{k}": v for k, v in strategy.screened["train"].rejected.items()}
+        _require_sites(strategy, server_round, report)
         if new_arrays is None:
             log.warning("round %d: no usable training reply; the global model stays as it was", server_round)
         else:
@@ -120,10 +179,10 @@ def run_rounds(strategy: ScreenedStrategy | PrivateStrategy, grid: Grid, arrays:
         report.train_phase_s = time.perf_counter() - start
         report.train_metrics = _scalars(train_metrics)
         report.site_train = _site_metrics(strategy.screened.get("train"))
-        report.rejected = {f"train/{k}": v for k, v in strategy.screened["train"].rejected.items()}
         report.privacy = strategy.privacy_metrics()
 
-        messages = list(strategy.configure_evaluate(server_round, arrays, evaluate_config, grid))
+        bounded.begin(f"round {server_round} evaluation", max(available, int(strategy.min_evaluate_nodes)))
+        messages = list(strategy.configure_evaluate(server_round, arrays, evaluate_config, bounded))
         replies = exchange(messages)
         if messages:
             report.evaluate_metrics = _scalars(strategy.aggregate_evaluate(server_round, replies))
@@ -135,3 +194,16 @@ def run_rounds(strategy: ScreenedStrategy | PrivateStrategy, grid: Grid, arrays:
         if on_round is not None:
             on_round(report, arrays)
     return arrays
+
+
+def _require_sites(strategy: ScreenedStrategy | PrivateStrategy, server_round: int, report: RoundReport) -> None:
+    """Stop the run when fewer sites than ``min_train_nodes`` gave a usable update: a model from fewer sites
+    than the federation requires is never merged, checkpointed or registered.
+    """
+    accepted = len(strategy.screened["train"].accepted)
+    required = int(strategy.min_train_nodes)
+    if accepted < required:
+        rejected = "; ".join(f"{where.split('/', 1)[1]}: {why}" for where, why in sorted(report.rejected.items()))
+        raise NodesLostError(f"round {server_round}: only {accepted} of the {required} required sites gave a usable "
+                             f"update ({rejected or 'no replies'}); fix those sites (their node logs say why), then "
+                             "resume the run with resume=<MLflow run id>")

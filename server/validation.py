@@ -1,8 +1,9 @@
 """Reply validation: the one check every strategy runs on site replies before anything is merged.
 
-A reply is rejected, with its reason logged, when it carries an error, lacks the expected records, has
-non-finite values, arrays whose keys, shapes or dtypes differ from the global model, metric keys that
-differ from the other sites', or no examples. The round goes on with the accepted replies.
+A reply is rejected, with its reason logged, when it carries an error (shown by its code's fixed text only),
+lacks the expected records, has non-finite values, arrays whose keys, shapes or dtypes differ from the global
+model, metric keys that differ from the other sites', or no examples. The round goes on with the accepted replies
+(``server.rounds`` stops the run when fewer than ``min_train_nodes`` remain).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
+from wire.failures import describe_failure
 from wire.records import NUM_EXAMPLES
 from wire.sites import reply_site_name
 
@@ -50,7 +52,7 @@ def _array_problem(arrays: ArrayRecord, reference: ArrayRecord) -> str | None:
 def reply_problem(reply: Message, reference: ArrayRecord | None) -> str | None:
     """Why a reply cannot be merged, or None. ``reference`` (the global arrays) is None for evaluation."""
     if reply.has_error():
-        return f"the site reported an error: {reply.error.reason}"
+        return describe_failure(reply.error)
     content = reply.content
     if len(content.metric_records) != 1:
         return f"expected one MetricRecord, got {len(content.metric_records)}"

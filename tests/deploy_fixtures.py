@@ -159,6 +159,7 @@ class Deployment:
         self.settings = SuperLinkSettings(tmp_path / "state", tmp_path / "certs", "127.0.0.1", free_port())
         self.started: list[subprocess.Popen] = []
         self.nodes: dict[str, subprocess.Popen] = {}
+        self.node_settings: dict[str, NodeSettings] = {}
 
     @property
     def endpoint(self) -> Endpoint:
@@ -176,9 +177,9 @@ class Deployment:
                     control.register(keys.public_key, name)
                     node = NodeSettings(self.endpoint, self.certs.ca_cert, keys.private_key, data, site_name=name,
                                         runtime_port=free_port(), state_dir=self.tmp_path / f"{name}-state")
-                    self.nodes[name] = start_node(node, self.tmp_path / f"{name}.log")
-                    self.started.append(self.nodes[name])
-                self._wait_online(control, 60, "come online")
+                    self.node_settings[name] = node
+                    self._start_node(name)
+                self.wait_online(control, 60, "come online")
         except BaseException:
             self.__exit__()
             raise
@@ -188,7 +189,7 @@ class Deployment:
         for proc in reversed(self.started):
             stop_process(proc)
 
-    def _wait_online(self, control: SuperLinkControl, timeout_s: float, what: str) -> None:
+    def wait_online(self, control: SuperLinkControl, timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
         while sum(n.status == "online" for n in control.nodes()) < len(self.sites):
             if time.monotonic() > deadline:
@@ -205,7 +206,15 @@ class Deployment:
         wait_until_listening(self.started[0], "127.0.0.1", self.settings.port,
                              self.settings.state_dir / "superlink.console.log")
         with SuperLinkControl(self.endpoint, self.certs.ca_cert) as control:
-            self._wait_online(control, 120, "reconnect")
+            self.wait_online(control, 120, "reconnect")
+
+    def _start_node(self, name: str) -> None:
+        self.nodes[name] = start_node(self.node_settings[name], self.tmp_path / f"{name}.log")
+        self.started.append(self.nodes[name])
+
+    def restart_node(self, name: str) -> None:
+        """Start site ``name``'s node again, as its operator (or systemd) would after a crash."""
+        self._start_node(name)
 
     def kill_node(self, name: str) -> None:
         """Kill site ``name``'s SuperNode and the apps it started at once (SIGKILL by PID: a crash, no goodbye)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from uuid import uuid4
 
 from flwr.app import Message
 
@@ -17,4 +18,8 @@ class ReplyingGrid:
         return self.nodes
 
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
-        return [self.respond(m.metadata.dst_node_id, m) for m in messages]
+        messages = list(messages)
+        for message in messages:  # pushing gives each message its id, as Flower's grids do
+            message.metadata.__dict__["_message_id"] = str(uuid4())
+        replies = [self.respond(m.metadata.dst_node_id, m) for m in messages]
+        return [r for r in replies if r is not None]  # a node that answers None never replies

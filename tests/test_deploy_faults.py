@@ -6,12 +6,15 @@ Every process is started and stopped here, by PID.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
 import pytest
 from deploy_fixtures import Deployment, fedrt_run, link_site, smoke_overrides, two_sites
 from mlflow import MlflowClient
+
+from server.nodes import SuperLinkControl
 
 
 @pytest.mark.slow
@@ -94,3 +97,69 @@ def test_a_server_killed_mid_run_and_restarted_resumes_from_its_last_round_check
     assert run.info.status == "FINISHED"
     assert sorted({m.step for m in client.get_metric_history(run_id, "train/train_loss")}) == [1, 2, 3]
     assert len(client.list_artifacts(run_id, "checkpoints")) == 3
+
+
+@pytest.mark.slow
+def test_a_node_unregistered_mid_round_ends_the_run_within_the_bounded_waits_naming_its_site(tmp_path, openkbp_root,
+                                                                                               capsys):
+    """Flower's strategies would wait for the lost node for ever; fedrt gives up after node_wait_s (or the round
+    timeout), names the site by the name it gave in round 1, and leaves round 1's checkpoint to resume from.
+    """
+    server_data = link_site(tmp_path / "server-data", openkbp_root, ["pt_5"], ["pt_203"])
+    node_wait_s, round_timeout_s = 15, 45
+    overrides = [*smoke_overrides(tmp_path, server_data, rounds=3), f"federation.node_wait_s={node_wait_s}",
+                 f"federation.round_timeout_s={round_timeout_s}"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    codes: list[int] = []
+    with Deployment(tmp_path, two_sites(tmp_path, openkbp_root)) as deployment:
+        submitted = threading.Thread(target=lambda: codes.append(fedrt_run(
+            [*overrides, "--superlink", str(deployment.endpoint), "--ca", str(deployment.certs.ca_cert)])))
+        submitted.start()
+        try:
+            run_id = wait_for_checkpoint(client, timeout_s=300)  # round 1 is done: every site gave its name
+            deployment.wait_for_app("site-b", timeout_s=120)
+            with SuperLinkControl(deployment.endpoint, deployment.certs.ca_cert) as control:
+                control.unregister("site-b")
+            lost_at = time.monotonic()
+        finally:
+            submitted.join(timeout=600)
+        ended_after = time.monotonic() - lost_at
+    out = capsys.readouterr().out
+    assert not submitted.is_alive() and codes and codes[0] != 0, out[-3000:]
+    assert ended_after <= node_wait_s + round_timeout_s + 15, ended_after  # + the run's own shutdown
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d fedrt round 1/3: ", out), out[-3000:]
+    assert "fedrt: run stopped: round 2" in out and "site-b" in out.split("fedrt: run stopped")[1], out[-3000:]
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert [a.path.rsplit("/", 1)[1] for a in client.list_artifacts(run_id, "checkpoints")] == ["round-0001"]
+
+
+@pytest.mark.slow
+def test_a_node_killed_and_restarted_at_once_rejoins_within_30_s_and_trains_the_next_round(tmp_path, openkbp_root,
+                                                                                             capsys):
+    """Flower counts a killed node online for two missed heartbeats (about a minute) and refuses it until then;
+    the restarted node ends its old session itself and is back at once.
+    """
+    server_data = link_site(tmp_path / "server-data", openkbp_root, ["pt_5"], ["pt_203"])
+    overrides = [*smoke_overrides(tmp_path, server_data, rounds=3), "federation.min_train_nodes=1",
+                 "federation.min_evaluate_nodes=1", "federation.round_timeout_s=60"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    codes: list[int] = []
+    with Deployment(tmp_path, two_sites(tmp_path, openkbp_root)) as deployment:
+        submitted = threading.Thread(target=lambda: codes.append(fedrt_run(
+            [*overrides, "--superlink", str(deployment.endpoint), "--ca", str(deployment.certs.ca_cert)])))
+        submitted.start()
+        try:
+            run_id = wait_for_checkpoint(client, timeout_s=300)
+            deployment.kill_node("site-b")
+            deployment.restart_node("site-b")
+            restarted = time.monotonic()
+            with SuperLinkControl(deployment.endpoint, deployment.certs.ca_cert) as control:
+                deployment.wait_online(control, 30, "rejoin within 30 s")
+            rejoined_s = time.monotonic() - restarted
+            assert deployment.nodes["site-b"].poll() is None, (tmp_path / "site-b.log").read_text()[-2000:]
+        finally:
+            submitted.join(timeout=600)
+    out = capsys.readouterr().out
+    assert not submitted.is_alive() and codes == [0], out[-3000:]
+    assert rejoined_s <= 30
+    assert 3 in [m.step for m in client.get_metric_history(run_id, "site/site-b/train/num-examples")], out[-3000:]

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from models.centralized import data_config, task_from_config
 from protocols.splits import select_patients
 from server.federation import site_plan
 from simulation.partition import write_sites
+from wire.failures import DATA_INVALID, NO_USABLE_DATA, SITE_CONFIG
 from wire.plan import decode_plan
 from wire.records import NUM_EXAMPLES, PLAN
 from wire.sites import own_site_name
@@ -171,3 +173,44 @@ def test_the_learning_rate_schedule_runs_over_the_rounds_and_is_constant_within_
     assert rates == pytest.approx([0.01 * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * p))) for p in (0, .25, .5, .75)])
     assert {plan.round_settings(r).schedule for r in (1, 4)} == {"constant"}
     assert plan.round_settings(1).epochs == config.federation.local_epochs
+
+
+def broken_hospital(path: Path, tmp_path: Path) -> Path:
+    """A copy of the hospital with one more patient, its folder named like an identifier, whose CT is cut."""
+    site = tmp_path / "hospital-copy"
+    shutil.copytree(path, site, symlinks=False)
+    good = next((site / "train-pats").iterdir())
+    broken = site / "validation-pats" / "pt_SECRET-4711"
+    shutil.copytree(good, broken)
+    ct = next(broken.glob("ct.csv*"))
+    ct.write_bytes(ct.read_bytes()[: ct.stat().st_size // 2])
+    return site
+
+
+@pytest.mark.parametrize("kind", [MessageType.TRAIN, MessageType.EVALUATE])
+def test_a_failing_site_replies_with_a_fixed_code_and_message_only(hospital, tmp_path, kind):
+    """Under policy=raise a broken patient stops the site; what travels is the code, the fixed text and the
+    site's pseudonym, never the exception's text (the patient's folder, the data path).
+    """
+    path, _, global_model = hospital
+    site = broken_hospital(path, tmp_path)
+    config = compose([*OVERRIDES, "policy=raise"])
+    plan = site_plan(config, task_from_config(config))
+    reply = make_client_app()(instruction(kind, global_model, plan),
+                              context({"data-path": str(site), "site-name": "hospital-a"}))
+    assert reply.has_error()
+    assert (reply.error.code, reply.error.reason) == (DATA_INVALID.code, f"[site hospital-a] {DATA_INVALID.message}")
+    wire = wire_bytes(reply)
+    for secret in ("SECRET-4711", str(site), "ct.csv", str(tmp_path)):
+        assert secret.encode() not in wire, f"{secret!r} left the node"
+
+
+def test_a_site_with_no_usable_patient_or_no_data_path_says_so_by_code(hospital, tmp_path):
+    _, plan, global_model = hospital
+    empty = tmp_path / "empty-site"
+    (empty / "train-pats").mkdir(parents=True)
+    reply = make_client_app()(instruction(MessageType.TRAIN, global_model, plan), context({"data-path": str(empty)}))
+    assert reply.error.code == NO_USABLE_DATA.code and str(empty) not in reply.error.reason
+    reply = make_client_app()(instruction(MessageType.TRAIN, global_model, plan), context({}))
+    assert (reply.error.code, reply.error.reason) == (SITE_CONFIG.code, f"[site {own_site_name(context({}))}] "
+                                                                       f"{SITE_CONFIG.message}")

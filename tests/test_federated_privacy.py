@@ -34,11 +34,11 @@ def weights(value: float, shape=(2, 3)) -> ArrayRecord:
 
 
 def private(clipping: str, noise: float, norm: float = 1.0, max_epsilon: float | None = None,
-            nodes: int = 2) -> PrivateStrategy:
+            nodes: int = 2, min_train: int | None = None) -> PrivateStrategy:
     section = {"clipping": clipping, "clipping_norm": norm, "noise_multiplier": noise, "target_delta": 1e-5,
                "max_epsilon": max_epsilon}
-    strategy = with_privacy(FedAvg(min_train_nodes=nodes, min_available_nodes=nodes, min_evaluate_nodes=nodes,
-                                   fraction_evaluate=0.0), section, population=nodes)
+    strategy = with_privacy(FedAvg(min_train_nodes=min_train or nodes, min_available_nodes=nodes,
+                                   min_evaluate_nodes=nodes, fraction_evaluate=0.0), section, population=nodes)
     assert isinstance(strategy, PrivateStrategy)
     return strategy
 
@@ -87,7 +87,7 @@ def test_client_side_clipping_sends_the_norm_and_the_noise_has_the_calibrated_st
 
 
 def test_a_nan_reply_is_rejected_before_clipping_and_the_noise_follows_the_sites_merged():
-    strategy = private("server", noise=1.0, nodes=3)
+    strategy = private("server", noise=1.0, nodes=3, min_train=2)
     final, (report,) = one_round(strategy, site_updates({1: 1e-3, 2: np.nan, 3: 1e-3}, SHAPE), nodes=(1, 2, 3),
                                  shape=SHAPE)
     assert report.rejected == {"train/site-2": "array conv.weight: non-finite values"}
@@ -110,7 +110,7 @@ def test_the_budget_grows_each_round_survives_a_checkpoint_and_stops_the_run_at_
 
 
 def test_a_site_that_sends_the_global_model_back_is_rejected_not_divided_by_zero():
-    _, (report,) = one_round(private("server", noise=1.0), site_updates({1: 0.0, 2: 1e-3}))
+    _, (report,) = one_round(private("server", noise=1.0, min_train=1), site_updates({1: 0.0, 2: 1e-3}))
     assert report.rejected == {"train/site-1": "the update is zero: the site sent the global model back"}
     assert list(report.site_train) == ["site-2"]
 

@@ -108,7 +108,7 @@ def stop_after_first_round(overrides: list[str], cwd: Path) -> str:
         lines.append(line)
         if match := re.search(r"MLflow run ([0-9a-f]{32})", line):
             run_id = match.group(1)
-        if line.startswith("fedrt round 1/"):
+        if "fedrt round 1/" in line:
             break
     started = {pid for pid, _ in descendants(proc.pid)}
     proc.send_signal(signal.SIGTERM)

@@ -13,10 +13,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageTy
 from flwr.supercore.task_identity import TaskIdentity
 from server_grid import ReplyingGrid
 
-from server.rounds import run_rounds, wait_for_nodes
+from server.rounds import NodesLostError, run_rounds
 from server.strategies import FedAdam, FedAvg, FedAvgM, FedProx, build_strategy
 from server.validation import reply_problem
+from wire.failures import DATA_INVALID, NO_REPLY, NO_USABLE_DATA, NODE_LOST, failure_error
 from wire.records import NUM_EXAMPLES
+from wire.sites import node_digest_name, reply_site_name
 
 
 @pytest.fixture(autouse=True)
@@ -86,10 +88,17 @@ def test_malformed_replies_are_rejected_for_a_stated_reason(make, reason):
     assert reason in reply_problem(make(), arrays(0.0))
 
 
-def test_an_error_reply_is_rejected_and_named_after_its_node():
+def test_an_error_reply_is_rejected_by_its_code_alone_and_named_after_its_node():
+    """The reason an error carries is never shown: it could hold a patient id or a path."""
     instruction = Message(RecordDict({"arrays": arrays(0.0)}), 7, MessageType.TRAIN)
-    failed = Message(Error(code=0, reason="out of memory"), reply_to=instruction)
-    assert reply_problem(failed, arrays(0.0)) == "the site reported an error: out of memory"
+    failed = Message(Error(code=2, reason="DataError: patient pt_6 (/data/x/pt_6) failed"), reply_to=instruction)
+    assert reply_problem(failed, arrays(0.0)) == "the ClientApp failed (its text is withheld); see the node's log"
+    assert reply_site_name(failed) == node_digest_name(7)
+    named = Message(failure_error(DATA_INVALID, "site-b"), reply_to=instruction)
+    assert reply_problem(named, arrays(0.0)) == DATA_INVALID.message and reply_site_name(named) == "site-b"
+    forged = Message(Error(code=DATA_INVALID.code, reason="[site pt_6 /data] x"), reply_to=instruction)
+    assert reply_problem(forged, arrays(0.0)) == DATA_INVALID.message
+    assert reply_site_name(forged) == node_digest_name(7)
 
 
 def test_fedadam_moments_survive_a_checkpoint_and_give_the_same_next_round():
@@ -156,7 +165,7 @@ def test_a_round_completes_without_the_nan_site_and_reports_it():
         return Message(content, reply_to=message)
 
     reports = []
-    strategy = FedAvg(min_train_nodes=3, min_evaluate_nodes=3, min_available_nodes=3)
+    strategy = FedAvg(min_train_nodes=2, min_evaluate_nodes=3, min_available_nodes=3)
     final = run_rounds(strategy, ReplyingGrid([1, 2, 3], respond), arrays(0.0), 1, 1, ConfigRecord(),
                        ConfigRecord(), timeout_s=5, node_wait_s=1, on_round=lambda r, _: reports.append(r))
     np.testing.assert_allclose(final["conv.weight"].numpy(), (1 * 1.0 + 3 * 3.0) / 4)
@@ -169,9 +178,79 @@ def test_a_round_completes_without_the_nan_site_and_reports_it():
     assert report.bytes_received == 3 * arrays(0.0).count_bytes()
 
 
+def site_reply(node: int, message: Message) -> Message:
+    """A healthy site's reply: weights plus one, or its validation score."""
+    name = ConfigRecord({"name": f"site-{node}"})
+    if message.metadata.message_type == MessageType.EVALUATE:
+        return Message(RecordDict({"metrics": MetricRecord({NUM_EXAMPLES: 1, "dose_score": 1.0}), "site": name}),
+                       reply_to=message)
+    received = float(message.content["arrays"]["conv.weight"].numpy().flat[0])
+    return Message(RecordDict({"arrays": arrays(received + 1), "site": name,
+                               "metrics": MetricRecord({NUM_EXAMPLES: 1, "train_loss": 0.1, "train_seconds": 0.1,
+                                                        "train_steps": 1})}), reply_to=message)
+
+
 def test_too_few_nodes_fail_fast_instead_of_hanging():
-    with pytest.raises(TimeoutError, match="only 1 of the 2 required nodes"):
-        wait_for_nodes(ReplyingGrid([1], None), minimum=2, wait_s=0.2)
+    with pytest.raises(NodesLostError, match="round 1 training: only 1 of the 2 required nodes connected within"):
+        run_rounds(FedAvg(min_train_nodes=2, min_available_nodes=2), ReplyingGrid([1], site_reply), arrays(0.0),
+                   1, 1, ConfigRecord(), ConfigRecord(), timeout_s=5, node_wait_s=0.2)
+
+
+def test_a_node_lost_after_training_stops_the_evaluation_wait_naming_its_site():
+    """Flower's sample_nodes would wait for the lost node for ever; the bounded grid names it instead."""
+    grid = ReplyingGrid([1, 2], None)
+
+    def respond(node: int, message: Message) -> Message:
+        if message.metadata.message_type == MessageType.TRAIN and node == 2:
+            grid.nodes = [1]  # site-2 answers, then its node goes away
+        return site_reply(node, message)
+
+    grid.respond = respond
+    with pytest.raises(NodesLostError, match=r"round 1 evaluation: only 1 of the 2 .* \(missing: site-2\)"):
+        run_rounds(FedAvg(min_train_nodes=2, min_evaluate_nodes=2, min_available_nodes=2), grid, arrays(0.0), 1, 1,
+                   ConfigRecord(), ConfigRecord(), timeout_s=5, node_wait_s=0.3)
+
+
+def test_sites_that_do_not_reply_or_are_lost_are_named_by_their_site_name():
+    """A reply Flower makes for a lost node comes from node 1 (the SuperLink): it is named after the node the
+    message went to, by the name that node gave in an earlier round.
+    """
+    rounds: list[int] = []
+
+    def respond(node: int, message: Message) -> Message | None:
+        if message.metadata.message_type == MessageType.TRAIN and node == 2:
+            rounds.append(node)
+            if len(rounds) == 2:  # round 2: the SuperLink reports the node lost
+                lost = Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=message)
+                lost.metadata.__dict__["_src_node_id"] = 1
+                return lost
+            if len(rounds) == 3:  # round 3: no reply at all
+                return None
+        return site_reply(node, message)
+
+    reports = []
+    run_rounds(FedAvg(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=2),
+               ReplyingGrid([1, 2], respond), arrays(0.0), 1, 3, ConfigRecord(), ConfigRecord(), timeout_s=5,
+               node_wait_s=1, on_round=lambda r, _: reports.append(r))
+    assert reports[1].rejected == {"train/site-2": NODE_LOST.message}
+    assert reports[2].rejected == {"train/site-2": NO_REPLY.message}
+    assert sorted(reports[2].site_train) == ["site-1"]
+
+
+def test_a_round_with_fewer_usable_sites_than_min_train_nodes_stops_the_run_naming_them():
+    """Nothing merged from fewer sites than the federation requires: no round report, no checkpoint."""
+    def respond(node: int, message: Message) -> Message:
+        if node == 2:
+            return Message(failure_error(NO_USABLE_DATA, "site-2"), reply_to=message)
+        return site_reply(node, message)
+
+    reports = []
+    with pytest.raises(NodesLostError, match="round 1: only 1 of the 2 required sites gave a usable update "
+                                             r"\(site-2: no usable patients at the site"):
+        run_rounds(FedAvg(min_train_nodes=2, min_available_nodes=2), ReplyingGrid([1, 2], respond), arrays(0.0),
+                   1, 1, ConfigRecord(), ConfigRecord(), timeout_s=5, node_wait_s=1,
+                   on_round=lambda r, _: reports.append(r))
+    assert reports == []
 
 
 def test_cyclic_relay_passes_each_sites_model_on_and_skips_the_nan_site():
@@ -195,7 +274,7 @@ def test_cyclic_relay_passes_each_sites_model_on_and_skips_the_nan_site():
         return Message(content, reply_to=message)
 
     reports = []
-    strategy = build_strategy({"name": "cyclic"}, 3, 3, 3, fraction_evaluate=0.0)
+    strategy = build_strategy({"name": "cyclic"}, 3, 2, 3, fraction_evaluate=0.0)
     final = run_rounds(strategy, ReplyingGrid([3, 1, 2], respond), arrays(0.0), 1, 2, ConfigRecord(),
                        ConfigRecord(), timeout_s=5, node_wait_s=1, on_round=lambda r, _: reports.append(r))
     np.testing.assert_allclose(final["conv.weight"].numpy(), 2 * (1.0 + 3.0))

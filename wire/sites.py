@@ -18,6 +18,7 @@ NAME_CONFIG = "site-name"  # node-config key of the operator's pseudonym
 PARTITION_CONFIG = "partition-id"  # node-config key Flower's simulation gives each virtual node
 DATA_CONFIG = "data-path"  # node-config key of the site's dataset folder
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+_ERROR_SITE = re.compile(r"^\[site (?P<site>[A-Za-z0-9_.-]{1,40})\] ")
 
 
 def node_digest_name(node_id: int) -> str:
@@ -35,11 +36,19 @@ def own_site_name(context: Context) -> str:
     return node_digest_name(context.node_id)
 
 
+def error_reason(site: str, message: str) -> str:
+    """An error reply's reason: ``[site NAME] message``, the name left out when it is not a safe one."""
+    return f"[site {site}] {message}" if SAFE_NAME.match(site) else message
+
+
 def reply_site_name(reply: Message) -> str:
-    """The name a reply reports, if it is a safe one, else the digest of the node it came from."""
-    if not reply.has_error():
+    """The name a reply (or an error reply, in ``error_reason``'s form) reports, if it is a safe one, else the
+    digest of the node it came from.
+    """
+    if reply.has_error():
+        match = _ERROR_SITE.match(reply.error.reason or "")
+        name = match.group("site") if match else ""
+    else:
         record = reply.content.config_records.get(SITE)
         name = str(record.get(SITE_NAME, "")) if record is not None else ""
-        if SAFE_NAME.match(name):
-            return name
-    return node_digest_name(reply.metadata.src_node_id)
+    return name if SAFE_NAME.match(name) else node_digest_name(reply.metadata.src_node_id)

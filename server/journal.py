@@ -1,0 +1,56 @@
+"""The server's journal of federated runs: one small file per Flower run in the SuperLink's state folder, written
+by the ServerApp as it starts and ends a run. A run still marked running when the server starts again was cut off
+by the server's own death, and is resumed from its last round checkpoint (``server.resume``); a run that failed
+for a reason (too few sites, bad settings) is not.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from protocols.files import atomic_write
+
+JOURNAL_DIR = "fedrt-runs"  # under the SuperLink's state folder (the ServerApp's working folder)
+RUNNING, FINISHED, FAILED, RESUMED = "running", "finished", "failed", "resumed"
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One Flower run of fedrt's ServerApp: its MLflow run and store, and how it stands."""
+
+    flower_run_id: int
+    mlflow_run_id: str
+    tracking_uri: str
+    status: str = RUNNING
+    resumed_by: int | None = None  # the Flower run that took over after a restart
+
+
+class RunJournal:
+    """The journal in ``folder`` (one JSON file per Flower run, written atomically)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def _path(self, flower_run_id: int) -> Path:
+        return self.folder / f"{flower_run_id}.json"
+
+    def write(self, entry: JournalEntry) -> JournalEntry:
+        """Record ``entry`` (replacing the run's previous state)."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(self._path(entry.flower_run_id), json.dumps(asdict(entry)))
+        return entry
+
+    def mark(self, entry: JournalEntry, status: str, resumed_by: int | None = None) -> JournalEntry:
+        """Record a new status for the run of ``entry``."""
+        return self.write(replace(entry, status=status, resumed_by=resumed_by))
+
+    def entries(self) -> list[JournalEntry]:
+        """Every recorded run, in file-name order."""
+        paths = sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []
+        return [JournalEntry(**json.loads(path.read_text())) for path in paths]
+
+    def interrupted(self) -> list[JournalEntry]:
+        """Runs still marked running: their ServerApp died with the server."""
+        return [e for e in self.entries() if e.status == RUNNING]
