@@ -74,7 +74,7 @@ def make_client_app(locate: Locator | None = None) -> ClientApp:
     """The ClientApp; ``locate`` stands in for ``data-path`` in simulation (a virtual node's folder).
 
     Its mods, outermost first: no exception's text leaves the node; the site's update is clipped when the server
-    runs client-side differential privacy.
+    runs client-side differential privacy. (On a real node ``client.forwarder`` runs it in the node's worker.)
     """
     app = ClientApp(mods=[withhold_failures, clipping_when_asked])
 

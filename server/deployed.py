@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from configs.compose import compose
 from protocols.errors import ConfigError, FedrtError
 from server.federation import FederationOutcome, open_run, run_recorded
-from server.journal import FAILED, FINISHED, JOURNAL_DIR, JournalEntry, RunJournal
+from server.journal import FAILED, FINISHED, JOURNAL_DIR, JournalEntry, RunJournal, absolute_uri
 from server.rounds import RoundReport
 from server.tracking import Tracker
 from wire.records import NUM_EXAMPLES
@@ -150,7 +150,8 @@ def main(grid: Grid, context: Context) -> None:
     """
     tracker, config = open_run(config_from_run(dict(context.run_config)))
     journal = RunJournal(Path.cwd() / JOURNAL_DIR)
-    entry = journal.write(JournalEntry(context.run_id, tracker.run_id, str(config.tracking.uri)))
+    entry = journal.write(JournalEntry(context.run_id, tracker.run_id, absolute_uri(str(config.tracking.uri),
+                                                                                   Path.cwd())))
     try:
         serve(grid, config, tracker)
     except Exception:

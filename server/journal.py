@@ -27,6 +27,16 @@ class JournalEntry:
     resumed_by: int | None = None  # the Flower run that took over after a restart
 
 
+def absolute_uri(uri: str, base: Path) -> str:
+    """``uri`` with a relative SQLite path made absolute from ``base`` (the ServerApp's working folder), so the
+    restarted server finds the same store from wherever it runs.
+    """
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str((base / uri[len(prefix):]).resolve())
+    return uri
+
+
 class RunJournal:
     """The journal in ``folder`` (one JSON file per Flower run, written atomically)."""
 

@@ -25,6 +25,7 @@ from wire.failures import FAILURES, NO_REPLY, NODE_LOST, failure_error
 from wire.sites import node_digest_name, reply_site_name
 
 log = logging.getLogger(__name__)
+MIN_TTL_S = 1.0  # Flower refuses to send a message whose time-to-live is not positive
 
 
 @dataclass
@@ -131,6 +132,8 @@ def _exchange(grid: Grid, messages: list[Message], deadline: float, report: Roun
         return []
     report.bytes_sent += _array_bytes(messages)
     timeout_s = max(deadline - time.monotonic(), 0.0)
+    for message in messages:  # a node's ClientApp gives up when the server no longer waits (client.deadline)
+        message.metadata.ttl = max(timeout_s, MIN_TTL_S)
     received = list(grid.send_and_receive(messages, timeout=timeout_s))
     report.bytes_received += _array_bytes(received)
     for reply in received:

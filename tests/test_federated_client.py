@@ -5,7 +5,11 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import stat
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +27,11 @@ from models.centralized import data_config, task_from_config
 from protocols.splits import select_patients
 from server.federation import site_plan
 from simulation.partition import write_sites
-from wire.failures import DATA_INVALID, NO_USABLE_DATA, SITE_CONFIG
+from wire.failures import DATA_INVALID, NO_USABLE_DATA, NODE_WORKER, SITE_CONFIG
 from wire.plan import decode_plan
+from wire.processes import start_process, stop_process
 from wire.records import NUM_EXAMPLES, PLAN
-from wire.sites import own_site_name
+from wire.sites import WORKER_CONFIG, own_site_name
 
 OVERRIDES = ["preset=smoke", "data.phantoms=4", "data.val_fraction=0.5", "federation.local_epochs=1",
              "train.steps_per_epoch=2"]
@@ -214,3 +219,54 @@ def test_a_site_with_no_usable_patient_or_no_data_path_says_so_by_code(hospital,
     reply = make_client_app()(instruction(MessageType.TRAIN, global_model, plan), context({}))
     assert (reply.error.code, reply.error.reason) == (SITE_CONFIG.code, f"[site {own_site_name(context({}))}] "
                                                                        f"{SITE_CONFIG.message}")
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    """A node's warm worker process on a Unix socket, started and stopped here by PID."""
+    state = tmp_path_factory.mktemp("node-state")
+    path, log = state / "worker.sock", state / "worker.log"
+    proc = start_process([sys.executable, "-m", "client.worker", "--socket", str(path)], dict(os.environ), log)
+    deadline = time.monotonic() + 120
+    while not path.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    yield path
+    stop_process(proc)
+
+
+def test_the_forwarder_gets_the_workers_reply_equal_to_training_in_process(hospital, worker):
+    """The per-message ClientApp only relays: the worker trains exactly as the ClientApp itself would, keeps
+    the site's optimizer state in the node's Context, and the channel is the node user's only.
+    """
+    from client.forwarder import app as forwarder
+
+    path, _, global_model = hospital
+    config = compose([*OVERRIDES, "federation.keep_optimizer_state=true"])
+    plan = site_plan(config, task_from_config(config))
+    settings = {"data-path": str(path), "site-name": "hospital-a"}
+    relayed_node, local_node = context({**settings, WORKER_CONFIG: str(worker)}), context(settings)
+    relayed = forwarder(instruction(MessageType.TRAIN, global_model, plan), relayed_node)
+    local = make_client_app()(instruction(MessageType.TRAIN, global_model, plan), local_node)
+    assert not relayed.has_error() and dict(relayed.content["site"]) == {"name": "hospital-a"}
+    for key in local.content["arrays"]:
+        np.testing.assert_array_equal(relayed.content["arrays"][key].numpy(), local.content["arrays"][key].numpy())
+    assert OPTIMIZER_KEY in relayed_node.state
+    assert stat.S_IMODE(worker.stat().st_mode) == 0o600 and stat.S_IMODE(worker.parent.stat().st_mode) == 0o700
+    scores = forwarder(instruction(MessageType.EVALUATE, global_model, plan), relayed_node)
+    assert set(scores.content["metrics"]) == {"dose_score", "dvh_score", NUM_EXAMPLES}
+
+
+def test_a_failure_in_the_worker_or_a_missing_worker_travels_as_a_fixed_code(hospital, worker, tmp_path):
+    from client.forwarder import app as forwarder
+
+    path, _, global_model = hospital
+    site = broken_hospital(path, tmp_path)
+    config = compose([*OVERRIDES, "policy=raise"])
+    plan = site_plan(config, task_from_config(config))
+    reply = forwarder(instruction(MessageType.TRAIN, global_model, plan),
+                      context({"data-path": str(site), WORKER_CONFIG: str(worker)}))
+    assert reply.error.code == DATA_INVALID.code and "SECRET" not in reply.error.reason
+    reply = forwarder(instruction(MessageType.TRAIN, global_model, plan),
+                      context({"data-path": str(site), WORKER_CONFIG: str(tmp_path / "gone.sock")}))
+    assert reply.error.code == NODE_WORKER.code and str(tmp_path) not in reply.error.reason

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.journal import FAILED, FINISHED, RESUMED, JournalEntry, RunJournal
+from server.journal import FAILED, FINISHED, RESUMED, JournalEntry, RunJournal, absolute_uri
 
 
 def test_only_runs_still_marked_running_count_as_interrupted(tmp_path):
@@ -16,3 +16,9 @@ def test_only_runs_still_marked_running_count_as_interrupted(tmp_path):
     assert journal.interrupted() == []
     assert [(e.flower_run_id, e.status, e.resumed_by) for e in RunJournal(tmp_path / "fedrt-runs").entries()] == [
         (11, RESUMED, 14), (12, FINISHED, None), (13, FAILED, None)]
+
+
+def test_a_relative_sqlite_store_is_journalled_by_its_absolute_path(tmp_path):
+    assert absolute_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert absolute_uri("sqlite:////srv/mlflow.db", tmp_path) == "sqlite:////srv/mlflow.db"
+    assert absolute_uri("http://mlflow:5000", tmp_path) == "http://mlflow:5000"

@@ -29,6 +29,7 @@ NO_USABLE_DATA = SiteFailure(4102, "no usable patients at the site: all failed v
 SITE_CONFIG = SiteFailure(4103, "the site's node is misconfigured; see the node's log")
 VERSION_MISMATCH = SiteFailure(4104, "the site runs another fedrt version (the model does not match); "
                                      "see the node's log")
+NODE_WORKER = SiteFailure(4105, "the node's fedrt worker did not answer; restart the node (see its log)")
 SITE_INTERNAL = SiteFailure(4199, "the site failed; see the node's log")
 NO_REPLY = SiteFailure(4201, "no reply within the round timeout")
 NODE_LOST = SiteFailure(ErrorCode.NODE_UNAVAILABLE, "the node was lost (no heartbeat); see the node's log")
@@ -40,7 +41,7 @@ APP_RAISED = SiteFailure(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                          "the ClientApp failed (its text is withheld); see the node's log")
 APP_CRASHED = SiteFailure(ErrorCode.CLIENT_APP_CRASHED, "the ClientApp process crashed; see the node's log")
 
-FAILURES = {f.code: f for f in (DATA_INVALID, NO_USABLE_DATA, SITE_CONFIG, VERSION_MISMATCH, SITE_INTERNAL,
+FAILURES = {f.code: f for f in (DATA_INVALID, NO_USABLE_DATA, SITE_CONFIG, VERSION_MISMATCH, NODE_WORKER, SITE_INTERNAL,
                                 NO_REPLY, NODE_LOST, REPLY_EXPIRED, APP_NOT_LOADED, APP_RAISED, APP_CRASHED)}
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 NAME_CONFIG = "site-name"  # node-config key of the operator's pseudonym
 PARTITION_CONFIG = "partition-id"  # node-config key Flower's simulation gives each virtual node
 DATA_CONFIG = "data-path"  # node-config key of the site's dataset folder
+WORKER_CONFIG = "worker-socket"  # node-config key of the node's warm worker (``client.worker``)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 _ERROR_SITE = re.compile(r"^\[site (?P<site>[A-Za-z0-9_.-]{1,40})\] ")
 

@@ -1,0 +1,107 @@
+"""A node's warm worker: one long-lived process beside the SuperNode that keeps torch, the network and the site's
+prepared patients in memory and runs fedrt's ClientApp for every message. Flower starts a new ``flwr-clientapp``
+process per message (no long-lived ClientApp in 1.42: flwrlabs/flower#3670), which would import torch and MONAI
+and load the patients each time (about 8 s); the per-message ClientApp (``client.forwarder``) only hands the
+message to this worker and its reply back.
+
+The channel is a Unix socket in the node's state folder: the folder is the node user's only (0700) and so is the
+socket (0600). Frames are length-prefixed pickles of (Message, Context) and (reply, Context state); pickles are
+read only from that socket, which only the node's own user can open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+import socket
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Message
+
+WORKER_SOCKET = "worker.sock"  # in the node's state folder
+_LENGTH = struct.Struct("!Q")
+
+log = logging.getLogger("fedrt.site")
+
+
+def send_frame(conn: socket.socket, value: Any) -> None:
+    """Send one pickled value, its length first."""
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    conn.sendall(_LENGTH.pack(len(data)) + data)
+
+
+def _exactly(conn: socket.socket, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = conn.recv(min(left, 1 << 20))
+        if not chunk:
+            raise ConnectionError("the other end closed the channel mid-frame")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def receive_frame(conn: socket.socket) -> Any:
+    """Receive one value sent with ``send_frame``."""
+    (size,) = _LENGTH.unpack(_exactly(conn, _LENGTH.size))
+    return pickle.loads(_exactly(conn, size))  # from the node's own user only (the socket is 0600)
+
+
+def _serve_one(conn: socket.socket, app: Any, lock: threading.Lock) -> None:
+    with conn:
+        message, context = receive_frame(conn)
+        with lock:  # one message at a time: they share the CPUs and the site's cached patients
+            reply = app(message, context)
+        try:
+            send_frame(conn, (reply, context.state))
+        except OSError:  # the ClientApp gave up (its deadline) or its run is gone: the reply has no taker
+            log.warning("the ClientApp for a %s message left before its reply was ready", message.metadata.message_type)
+
+
+def serve(path: Path) -> None:
+    """Listen on the Unix socket ``path`` (owner-only) and run each message fedrt's ClientApp receives."""
+    from client.app import make_client_app  # torch, MONAI: imported once, here
+
+    app = make_client_app()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    lock = threading.Lock()
+    old_mask = os.umask(0o177)
+    try:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(path))
+    finally:
+        os.umask(old_mask)
+    server.listen()
+    log.warning("fedrt node worker ready on %s", path)
+    with server:
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=_serve_one, args=(conn, app, lock), daemon=True).start()
+
+
+def forward(path: Path, message: Message, context: Context) -> Message:
+    """Have the worker at ``path`` run ``message``; its reply, with the Context state it left."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(path))
+        send_frame(conn, (message, context))
+        reply, state = receive_frame(conn)
+    context.state = state
+    return reply
+
+
+def main() -> None:
+    """``python -m client.worker --socket PATH`` (``fedrt node start`` runs it beside the SuperNode)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", type=Path, required=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(parser.parse_args().socket)
+
+
+if __name__ == "__main__":
+    main()
