@@ -1,25 +1,27 @@
 """A hospital's Flower SuperNode: it connects OUT to the SuperLink over TLS (verified with the federation's
 CA), authenticates with the node's private key, and runs fedrt's ClientApp on the site's own dataset, whose
 location and protocol travel only in the node's local ``--node-config``. It opens no port to the network:
-its runtime API (for the ClientApp it starts) listens on 127.0.0.1 only.
+its runtime API (for the ClientApp it starts) listens on 127.0.0.1 only. Its output (and its ClientApps') goes,
+timestamped, to ``supernode.log`` in the node's state folder, rotated by size, and to the console.
 """
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 from protocols.errors import ConfigError, DataNotFoundError
 from protocols.protocol import load_protocol
+from wire.connection import check_plaintext
 from wire.endpoint import Endpoint
 from wire.identity import load_node_private_key
-from wire.processes import exec_process, flower_environment, flower_executable
+from wire.processes import flower_environment, flower_executable
 from wire.sites import DATA_CONFIG, NAME_CONFIG
+from wire.supervise import LogRotation, daemon_logger, run_logged
 
 DEFAULT_RUNTIME_PORT = 9094
 RULE = "!" * 100
+PROBE_TIMEOUT_S = 5.0  # `node start --insecure` asks whether the server speaks TLS; a server down is no reason to wait
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,14 @@ class NodeSettings:
     runtime_port: int = DEFAULT_RUNTIME_PORT
     state_dir: Path | None = None
     insecure: bool = False
+    log_rotation: LogRotation = field(default_factory=LogRotation)
+
+    @property
+    def log_file(self) -> Path:
+        """The node's log: in ``--state``, else in Flower's home (``$FLWR_HOME``, default ``~/.flwr``)."""
+        from flwr.supercore.utils import get_flwr_home
+
+        return (self.state_dir or get_flwr_home()) / "supernode.log"
 
 
 def _toml_string(key: str, value: str) -> str:
@@ -101,11 +111,18 @@ def _environment(settings: NodeSettings) -> dict[str, str]:
     return flower_environment(settings.state_dir)
 
 
-def run_supernode(settings: NodeSettings) -> NoReturn:
-    """Check the settings, say what runs, then become the SuperNode (foreground, for a service manager)."""
+def run_supernode(settings: NodeSettings) -> int:
+    """Check the settings, say what runs, then run the SuperNode in the foreground (for a service manager) until it
+    exits or this process is told to stop; returns its exit code.
+    """
     check_node_settings(settings)
+    if settings.insecure and (plain := check_plaintext(settings.superlink, PROBE_TIMEOUT_S)).failed:
+        raise ConfigError(plain.message)
+    env = _environment(settings)
+    log = daemon_logger(settings.log_file, settings.log_rotation)
     if settings.insecure:
-        print(insecure_banner(settings), file=sys.stderr)
-    print(f"fedrt node: SuperNode connecting out to {settings.superlink}; data {settings.data} "
-          f"(protocol {settings.protocol}); no inbound port is opened", file=sys.stderr)
-    exec_process(supernode_command(settings), _environment(settings))
+        for line in insecure_banner(settings).splitlines():
+            log.warning(line)
+    log.info(f"fedrt node: SuperNode connecting out to {settings.superlink}; data {settings.data} "
+             f"(protocol {settings.protocol}); no inbound port is opened; log {settings.log_file}")
+    return run_logged(supernode_command(settings), env, log)
