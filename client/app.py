@@ -3,7 +3,8 @@ training loop, evaluate it on the site's validation patients, or tell its site n
 scalar metrics and the site's pseudonymous name, nothing else: no case ids, no voxels, and a failure travels only
 as a fixed code and message (``client.failures``).
 
-Deployment: ``flower-supernode ... --node-config 'data-path="/data/openkbp"'`` runs ``client.app:app``.
+Deployment: ``fedrt node start`` runs it in the node's warm worker (``client.worker``), which the per-message
+ClientApp ``client.forwarder:app`` hands each message to.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from protocols.dataset import ProtocolDataset
 from protocols.errors import FedrtError
 from protocols.protocol import load_protocol
 from protocols.validation import Policy, format_reports
-from wire.connection import Check, check_network, check_tls, connection_failure
+from wire.connection import Check, check_network, check_plaintext, check_tls, connection_failure
 from wire.endpoint import Endpoint
 from wire.identity import key_fingerprint, load_node_private_key
 
@@ -87,13 +87,12 @@ def run_preflight(settings: NodeSettings, timeout_s: float = 10.0) -> tuple[list
     """
     dataset, report = check_dataset(settings.data, settings.protocol)
     checks = [dataset, check_network(settings.superlink, timeout_s)]
-    if settings.insecure:
-        checks.append(Check("tls", "warn", "insecure", "--insecure: TLS and node authentication not checked"))
-        return checks, report
     if checks[-1].failed:
         checks += [Check("tls", "skip", "skip", "not checked: the SuperLink is unreachable"),
                    Check("node key", "skip", "skip", "not checked: the SuperLink is unreachable")]
         return checks, report
+    if settings.insecure:
+        return [*checks, check_plaintext(settings.superlink, timeout_s)], report
     checks.append(check_tls(settings.superlink, settings.ca, timeout_s))
     if checks[-1].failed:
         checks.append(Check("node key", "skip", "skip", "not checked: no trusted TLS connection"))

@@ -1,26 +1,30 @@
 """A hospital's Flower SuperNode: it connects OUT to the SuperLink over TLS (verified with the federation's
 CA), authenticates with the node's private key, and runs fedrt's ClientApp on the site's own dataset, whose
 location and protocol travel only in the node's local ``--node-config``. It opens no port to the network:
-its runtime API (for the ClientApp it starts) listens on 127.0.0.1 only.
+its runtime API (for the ClientApp it starts) listens on 127.0.0.1 only. Its output (and its ClientApps') goes,
+timestamped, to ``supernode.log`` in the node's state folder, rotated by size, and to the console.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
-from client.rejoin import end_previous_session
 from protocols.errors import ConfigError, DataNotFoundError
 from protocols.protocol import load_protocol
+from wire.connection import check_plaintext
 from wire.endpoint import Endpoint
 from wire.identity import load_node_private_key
-from wire.processes import exec_process, flower_environment, flower_executable
-from wire.sites import DATA_CONFIG, NAME_CONFIG
+from wire.processes import flower_environment, flower_executable
+from wire.sites import DATA_CONFIG, NAME_CONFIG, WORKER_CONFIG
+from wire.supervise import Companion, LogRotation, daemon_logger, run_logged
 
 DEFAULT_RUNTIME_PORT = 9094
+WORKER_SOCKET = "worker.sock"  # the warm worker's socket, in the node's own folder
+FAST_TASK_POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}  # Flower's SuperExec looks for new tasks every 1 s
 RULE = "!" * 100
+PROBE_TIMEOUT_S = 5.0  # `node start --insecure` asks whether the server speaks TLS; a server down is no reason to wait
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,24 @@ class NodeSettings:
     runtime_port: int = DEFAULT_RUNTIME_PORT
     state_dir: Path | None = None
     insecure: bool = False
+    log_rotation: LogRotation = field(default_factory=LogRotation)
+
+    @property
+    def home(self) -> Path:
+        """The node's own folder: ``--state``, else Flower's home (``$FLWR_HOME``, default ``~/.flwr``)."""
+        from flwr.supercore.utils import get_flwr_home
+
+        return self.state_dir or get_flwr_home()
+
+    @property
+    def log_file(self) -> Path:
+        """The node's log, in its own folder."""
+        return self.home / "supernode.log"
+
+    @property
+    def worker_socket(self) -> Path:
+        """The warm worker's socket (``client.worker``), in the node's own folder."""
+        return self.home / WORKER_SOCKET
 
 
 def _toml_string(key: str, value: str) -> str:
@@ -54,9 +76,12 @@ def _toml_string(key: str, value: str) -> str:
 
 
 def node_config(settings: NodeSettings) -> str:
-    """The ``--node-config`` string: the dataset folder, the protocol and (when set) the site's name."""
+    """The ``--node-config`` string: the dataset folder, the protocol, the warm worker's socket and (when set)
+    the site's name.
+    """
     pairs = [_toml_string(DATA_CONFIG, str(settings.data.expanduser().resolve())),
-             _toml_string("protocol", settings.protocol)]
+             _toml_string("protocol", settings.protocol),
+             _toml_string(WORKER_CONFIG, str(settings.worker_socket.resolve()))]
     if settings.site_name:
         pairs.append(_toml_string(NAME_CONFIG, settings.site_name))
     return " ".join(pairs)
@@ -99,16 +124,32 @@ def supernode_command(settings: NodeSettings) -> list[str]:
 def _environment(settings: NodeSettings) -> dict[str, str]:
     if settings.state_dir is not None:
         settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return flower_environment(settings.state_dir)
+    return {**flower_environment(settings.state_dir), **FAST_TASK_POLL}
 
 
-def run_supernode(settings: NodeSettings) -> NoReturn:
-    """Check the settings, say what runs, then become the SuperNode (foreground, for a service manager)."""
+def worker(settings: NodeSettings) -> Companion:
+    """The node's warm worker, started before the SuperNode and stopped with it."""
+    settings.worker_socket.unlink(missing_ok=True)  # a socket left by a killed worker is not a ready one
+    return Companion("node worker", [sys.executable, "-m", "client.worker", "--socket", str(settings.worker_socket)],
+                     settings.worker_socket)
+
+
+def run_supernode(settings: NodeSettings) -> int:
+    """Check the settings, say what runs, then run the SuperNode in the foreground (for a service manager) until it
+    exits or this process is told to stop; returns its exit code.
+    """
     check_node_settings(settings)
+    if settings.insecure and (plain := check_plaintext(settings.superlink, PROBE_TIMEOUT_S)).failed:
+        raise ConfigError(plain.message)
+    env = _environment(settings)
+    log = daemon_logger(settings.log_file, settings.log_rotation)
     if settings.insecure:
-        print(insecure_banner(settings), file=sys.stderr)
+        for line in insecure_banner(settings).splitlines():
+            log.warning(line)
     else:
+        from client.rejoin import end_previous_session  # Flower's Fleet client: not for `fedrt --help`
+
         end_previous_session(str(settings.superlink), settings.ca, settings.key, settings.state_dir)
-    print(f"fedrt node: SuperNode connecting out to {settings.superlink}; data {settings.data} "
-          f"(protocol {settings.protocol}); no inbound port is opened", file=sys.stderr)
-    exec_process(supernode_command(settings), _environment(settings))
+    log.info(f"fedrt node: SuperNode connecting out to {settings.superlink}; data {settings.data} "
+             f"(protocol {settings.protocol}); no inbound port is opened; log {settings.log_file}")
+    return run_logged(supernode_command(settings), env, log, [worker(settings)])

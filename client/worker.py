@@ -15,15 +15,16 @@ import argparse
 import logging
 import os
 import pickle
+import signal
 import socket
 import struct
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message
 
-WORKER_SOCKET = "worker.sock"  # in the node's state folder
 _LENGTH = struct.Struct("!Q")
 
 log = logging.getLogger("fedrt.site")
@@ -99,7 +100,8 @@ def main() -> None:
     """``python -m client.worker --socket PATH`` (``fedrt node start`` runs it beside the SuperNode)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", type=Path, required=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")  # the node stamps lines
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stopped with the node: a clean stop
     serve(parser.parse_args().socket)
 
 

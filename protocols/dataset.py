@@ -9,7 +9,7 @@ from pathlib import Path
 
 from protocols.case import Case
 from protocols.errors import DataNotFoundError
-from protocols.openkbp import is_patient_dir, load_openkbp_case
+from protocols.openkbp import PATIENT_FILES, load_openkbp_case, looks_like_patient_dir
 from protocols.protocol import Protocol
 from protocols.validation import CaseReport, Policy
 
@@ -19,15 +19,17 @@ def _natural_key(path: Path) -> tuple:
 
 
 def find_patient_dirs(root: Path | str) -> list[Path]:
-    """Patient folders at ``root``, directly under it, or one level deeper (e.g. ``train-pats/pt_1``)."""
+    """Patient folders at ``root``, directly under it, or one level deeper (e.g. ``train-pats/pt_1``); a folder
+    holding some of a patient's files but no CT is one too, so that it is reported as unusable, not skipped unseen.
+    """
     root = Path(root)
     if not root.exists():
         raise DataNotFoundError(f"dataset {root} does not exist; give data.root=PATH of a protocol dataset")
-    if is_patient_dir(root):
+    if looks_like_patient_dir(root):
         return [root]
-    found = [p for p in root.iterdir() if is_patient_dir(p)]
-    found += [p for sub in root.iterdir() if sub.is_dir() and not is_patient_dir(sub)
-              for p in sub.iterdir() if is_patient_dir(p)]
+    found = [p for p in root.iterdir() if looks_like_patient_dir(p)]
+    found += [p for sub in root.iterdir() if sub.is_dir() and not looks_like_patient_dir(sub)
+              for p in sub.iterdir() if looks_like_patient_dir(p)]
     return sorted(found, key=_natural_key)
 
 
@@ -46,7 +48,8 @@ class ProtocolDataset:
         self.patient_dirs = find_patient_dirs(self.root)
         if not self.patient_dirs:
             raise DataNotFoundError(
-                f"no patients under {self.root}: expected folders holding ct.csv(.gz) (OpenKBP layout)"
+                f"no patients under {self.root}: expected folders holding "
+                f"{', '.join(f'{n}.csv(.gz)' for n in PATIENT_FILES)} (OpenKBP layout)"
             )
 
     def __len__(self) -> int:

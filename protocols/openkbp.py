@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,9 @@ from protocols.validation import CaseReport, Finding, Policy, Severity, apply_po
 
 CT_OFFSET = 1000.0
 CT_STORED_MAX = 4095.0
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: a plain CSV cut mid-row is refused
 REQUIRED = ("ct", "possible_dose_mask", "voxel_dimensions")
+PATIENT_FILES = (*REQUIRED, "dose")  # any one of them makes a folder a patient's, usable or not
 
 
 class PredictionFileError(DataError):
@@ -41,11 +43,32 @@ def source_file(patient_dir: Path, name: str) -> Path | None:
 
 
 def is_patient_dir(path: Path) -> bool:
+    """Whether ``path`` holds a patient's CT (a case can be read from it)."""
     return path.is_dir() and source_file(path, "ct") is not None
+
+
+def looks_like_patient_dir(path: Path) -> bool:
+    """Whether ``path`` holds any of a patient's OpenKBP files: a patient to report, even one without a CT."""
+    return path.is_dir() and any(source_file(path, name) is not None for name in PATIENT_FILES)
+
+
+def _require_complete(path: Path) -> None:
+    """EOFError when a plain CSV ends mid-row (no final line break: cut off in a copy); a cut ``.gz`` raises
+    EOFError when read.
+    """
+    if path.suffix != ".csv":
+        return
+    with open(path, "rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) != b"\n":
+            raise EOFError("the last row is cut off (no line break at the end)")
 
 
 def _read_sparse(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Flat indices and values of a sparse ``,data`` CSV (values NaN for mask files)."""
+    _require_complete(path)
     frame = pd.read_csv(path, index_col=0)
     if list(frame.columns) != ["data"]:
         raise ValueError(f"expected header ',data', found {','.join(['', *map(str, frame.columns)])!r}")
@@ -92,7 +115,11 @@ def read_openkbp_case(
             continue
         try:
             index, values = _read_sparse(path)
-        except (ValueError, OSError, EOFError, pd.errors.ParserError) as exc:
+        except EOFError as exc:
+            report.add(Severity.ERROR, "truncated", f"{name}: {path.name} is truncated ({exc})", path,
+                       "copy the file again from its source: it was cut off (interrupted transfer or full disk)")
+            continue
+        except (ValueError, OSError, pd.errors.ParserError) as exc:
             report.add(Severity.ERROR, "unreadable", f"{name}: {exc}", path,
                        "re-export the file in OpenKBP's sparse CSV layout (header ',data')")
             continue

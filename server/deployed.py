@@ -1,8 +1,8 @@
 """fedrt's ServerApp for a deployment (``server.deployed:app``): the SuperLink runs it for each submitted run,
 composing the Hydra config from the overrides carried in the run config, and prints one summary line per round
 (streamed to ``fedrt run``). ``write_app_definition`` writes the Flower app (a ``pyproject.toml`` naming this
-ServerApp and ``client.app:app``, or the simulation's apps) that ``fedrt run`` and ``fedrt simulate`` submit; it has
-no dependencies to install (offline sites).
+ServerApp and ``client.forwarder:app``, or the simulation's apps) that ``fedrt run`` and ``fedrt simulate``
+submit; it has no dependencies to install (offline sites).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from wire.records import NUM_EXAMPLES
 OVERRIDES_KEY = "overrides"  # run config: Hydra overrides, shell-quoted (``fedrt run``, ``flwr run --run-config``)
 CONFIG_KEY = "config"  # run config: the whole composed config as JSON (``fedrt simulate``); wins over overrides
 APP_NAME = "fedrt"
-DEPLOYED_APPS = ("server.deployed:app", "client.app:app")  # (ServerApp, ClientApp) a SuperLink runs for fedrt run
+DEPLOYED_APPS = ("server.deployed:app", "client.forwarder:app")  # (ServerApp, ClientApp) a SuperLink runs for fedrt run
 
 
 def app_definition(components: tuple[str, str], config: dict[str, str]) -> str:

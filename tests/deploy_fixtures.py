@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography import x509
@@ -43,6 +44,28 @@ def start_node(settings: NodeSettings, log_path: Path) -> subprocess.Popen:
     if settings.insecure:
         flags.append("--insecure")
     return start_process([sys.executable, "-m", "fedrt.cli", "node", "start", *flags], dict(os.environ), log_path)
+
+
+@contextlib.contextmanager
+def insecure_superlink(state_dir: Path) -> Iterator[Endpoint]:
+    """A real ``--insecure`` SuperLink (no TLS: local tests only) on 127.0.0.1, stopped by PID on exit."""
+    settings = SuperLinkSettings(state_dir, None, "127.0.0.1", free_port(), insecure=True)
+    proc = start_superlink(settings)
+    try:
+        wait_until_listening(proc, "127.0.0.1", settings.port, state_dir / "superlink.console.log")
+        yield Endpoint("127.0.0.1", settings.port)
+    finally:
+        stop_process(proc)
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    """``condition()``'s first true value, polled; an AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def free_port() -> int:

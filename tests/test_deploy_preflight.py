@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from deploy_fixtures import LoopbackServer, free_port, write_pem
+from deploy_fixtures import Deployment, LoopbackServer, free_port, insecure_superlink, start_node, write_pem
 
 from client.preflight import check_dataset, check_network, check_tls, run_preflight
 from client.supernode import NodeSettings, check_node_settings, node_config, supernode_command
@@ -18,6 +19,7 @@ from fedrt.commands import node as node_command
 from protocols.errors import ConfigError, DeploymentError
 from server.certs import create_node_keys, init_certificates, load_ca, make_ca, make_server_certificate
 from wire.endpoint import Endpoint
+from wire.processes import stop_process
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -149,6 +151,56 @@ def test_preflight_with_a_wrong_ca_skips_the_key_check(pki, tmp_path, openkbp_ro
     assert checks[2].cause == "wrong-ca"
 
 
+@pytest.fixture(scope="module")
+def superlinks(tmp_path_factory) -> Iterator[dict[str, Endpoint | Path]]:
+    """A real SuperLink with TLS and one started with --insecure, both on 127.0.0.1, and the TLS one's CA."""
+    root = tmp_path_factory.mktemp("superlinks")
+    with Deployment(root / "tls", {}) as tls, insecure_superlink(root / "insecure") as insecure:
+        yield {"tls": tls.endpoint, "insecure": insecure, "ca": tls.certs.ca_cert}
+
+
+def _node_check(superlink: Endpoint, data: Path, capsys, *flags: str) -> tuple[int, str]:
+    parser = argparse.ArgumentParser()
+    node_command.register(parser.add_subparsers())
+    args = parser.parse_args(["node", "check", "--superlink", str(superlink), "--data", str(data), "--timeout", "5",
+                              *flags])
+    return args.run(args), capsys.readouterr().out
+
+
+def test_an_insecure_check_against_a_tls_server_fails_naming_the_mismatch(superlinks, tmp_path, openkbp_root,
+                                                                         capsys):
+    code, out = _node_check(superlinks["tls"], _small_dataset(tmp_path / "site", openkbp_root), capsys, "--insecure")
+    assert code == 1
+    assert f"[FAIL] tls       TLS mismatch: the server at {superlinks['tls']} speaks TLS (certificate for " in out
+    assert "drop --insecure and give --ca" in out and "ready to join" not in out
+
+
+def test_an_insecure_check_against_an_insecure_server_is_ready_with_a_warning(superlinks, tmp_path, openkbp_root,
+                                                                             capsys):
+    code, out = _node_check(superlinks["insecure"], _small_dataset(tmp_path / "site", openkbp_root), capsys,
+                            "--insecure")
+    assert code == 0
+    assert "[warn] tls       --insecure: " in out and "does not speak TLS" in out and "ready to join" in out
+
+
+def test_a_tls_check_against_an_insecure_server_says_it_does_not_speak_tls(superlinks):
+    check = check_tls(superlinks["insecure"], superlinks["ca"], timeout_s=5)
+    assert check.failed and check.cause == "not-tls"
+    assert f"{superlinks['insecure']} does not speak TLS" in check.message and "not --insecure" in check.message
+
+
+def test_an_insecure_node_refuses_to_start_against_a_tls_server_instead_of_retrying(superlinks, tmp_path):
+    (tmp_path / "data").mkdir()
+    settings = NodeSettings(superlinks["tls"], None, None, tmp_path / "data", runtime_port=free_port(),
+                            state_dir=tmp_path / "node", insecure=True)
+    node = start_node(settings, tmp_path / "node.log")
+    try:
+        assert node.wait(timeout=30) == 2
+    finally:
+        stop_process(node)
+    assert "error: TLS mismatch: the server at" in (tmp_path / "node.log").read_text()
+
+
 def test_endpoint_parsing():
     assert Endpoint.parse("fl.example.org:9092") == Endpoint("fl.example.org", 9092)
     assert Endpoint.parse("[2001:db8::1]:9092") == Endpoint("2001:db8::1", 9092)
@@ -165,7 +217,8 @@ def test_supernode_command_connects_out_with_tls_key_and_node_config(tmp_path):
     data.mkdir()
     ca = tmp_path / "ca.crt"
     ca.write_text("x")
-    settings = NodeSettings(Endpoint("fl.example.org", 9092), ca, key, data, "hn-openkbp", "site-a", 19094)
+    settings = NodeSettings(Endpoint("fl.example.org", 9092), ca, key, data, "hn-openkbp", "site-a", 19094,
+                            state_dir=tmp_path / "state")
     command = supernode_command(settings)
     assert command[0].endswith("flower-supernode")
     flags = dict(zip(command[1::2], command[2::2], strict=False))
@@ -177,7 +230,8 @@ def test_supernode_command_connects_out_with_tls_key_and_node_config(tmp_path):
     from flwr.common.config import parse_config_args
 
     assert parse_config_args([node_config(settings)]) == {
-        "data-path": str(data.resolve()), "protocol": "hn-openkbp", "site-name": "site-a"}
+        "data-path": str(data.resolve()), "protocol": "hn-openkbp", "site-name": "site-a",
+        "worker-socket": str((tmp_path / "state" / "worker.sock").resolve())}
     check_node_settings(settings)
 
 

@@ -9,13 +9,12 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploy_fixtures import free_port, listening_sockets, start_node
+from deploy_fixtures import free_port, listening_sockets, start_node, wait_for
 
 from client.preflight import check_node_key, check_tls
 from client.supernode import NodeSettings
@@ -24,7 +23,7 @@ from server.certs import create_node_keys, init_certificates
 from server.nodes import ControlError, SuperLinkControl
 from server.superlink import SuperLinkSettings, check_settings, start_superlink, superlink_command
 from wire.endpoint import Endpoint
-from wire.processes import start_process, stop_process, wait_until_listening
+from wire.processes import descendants, start_process, stop_process, wait_until_listening
 
 
 @dataclass
@@ -81,15 +80,6 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
             stop_process(found.superlink)
 
 
-def _wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def _flag(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
 
@@ -115,11 +105,13 @@ def test_a_registered_node_passes_the_key_check_joins_and_is_listed_online(deplo
         assert check.status == "ok", check.message
         assert registered.fingerprint in check.message
         proc, log = deployment.start_node("site-a", keys.private_key)
-        node = _wait_for(lambda: (n := control.find("site-a")).status == "online" and n, 60, "site-a online")
+        node = wait_for(lambda: (n := control.find("site-a")).status == "online" and n, 60, "site-a online")
         assert node.node_id == registered.node_id
         assert proc.poll() is None, log.read_text()
         # the node opens no port to the network: only its ClientApp runtime API, on loopback
-        assert {address for address, _ in listening_sockets(proc.pid)} <= {"127.0.0.1"}
+        listening = {found for pid in (proc.pid, *(pid for pid, _ in descendants(proc.pid)))
+                     for found in listening_sockets(pid)}
+        assert {address for address, _ in listening} == {"127.0.0.1"}
         with pytest.raises(ControlError, match="already registered"):
             control.register(keys.public_key, "site-a-again")
 
@@ -130,7 +122,7 @@ def test_an_unregistered_node_is_refused_with_a_clear_message(deployment):
     assert check.failed and check.cause == "unregistered"
     assert "fedrt server register site-x.pub --name SITE" in check.message
     proc, log = deployment.start_node("site-x", keys.private_key)
-    _wait_for(lambda: proc.poll() is not None, 60, "the unregistered SuperNode to exit")
+    wait_for(lambda: proc.poll() is not None, 60, "the unregistered SuperNode to exit")
     assert proc.returncode != 0
     assert "Failed to activate SuperNode" in log.read_text()
     with deployment.control() as control:
@@ -142,10 +134,10 @@ def test_unregistering_a_hospital_disconnects_its_running_node(deployment):
     with deployment.control() as control:
         control.register(keys.public_key, "site-c")
         proc, _ = deployment.start_node("site-c", keys.private_key)
-        _wait_for(lambda: control.find("site-c").status == "online", 60, "site-c online")
+        wait_for(lambda: control.find("site-c").status == "online", 60, "site-c online")
         control.unregister("site-c")
         assert "site-c" not in [n.name for n in control.nodes()]
-    _wait_for(lambda: proc.poll() is not None, 60, "the unregistered node to be cut off")
+    wait_for(lambda: proc.poll() is not None, 60, "the unregistered node to be cut off")
     assert check_node_key(deployment.endpoint, deployment.ca, keys.private_key).cause == "unregistered"
 
 
@@ -208,7 +200,7 @@ def test_start_commands_become_the_daemons_and_an_insecure_local_setup_says_so(t
                                       str(free_port()), "--state", str(tmp_path / "node")], dict(os.environ),
                                      tmp_path / "node.log"))
         with SuperLinkControl(Endpoint("127.0.0.1", port), None, insecure=True) as control:
-            _wait_for(lambda: any(n.status == "online" for n in control.nodes()), 60, "the insecure node online")
+            wait_for(lambda: any(n.status == "online" for n in control.nodes()), 60, "the insecure node online")
     finally:
         for proc in reversed(started):
             stop_process(proc)

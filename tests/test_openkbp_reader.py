@@ -15,6 +15,7 @@ from protocols.case import AXES
 from protocols.dataset import ProtocolDataset, find_patient_dirs
 from protocols.openkbp import load_openkbp_case, read_openkbp_case
 from protocols.protocol import protocol_from_dict, protocol_to_dict
+from protocols.splits import DataConfig, load_cases, select_folders
 from protocols.validation import DataValidationError, Policy
 
 
@@ -102,6 +103,7 @@ def test_plain_csv_is_read_like_gzip(openkbp_root, protocol, tmp_path):
         (lambda p: (p / "Brainstem.csv.gz").write_bytes(gzip.compress(b",data\n")), "empty-mask"),
         (lambda p: (p / "voxel_dimensions.csv.gz").write_bytes(gzip.compress(b"3.9\n3.9\n")), "wrong-shape"),
         (lambda p: (p / "possible_dose_mask.csv.gz").write_bytes(b"not gzip"), "unreadable"),
+        (lambda p: _cut((p / "ct.csv.gz"), 0.5), "truncated"),
     ],
 )
 def test_damaged_patient_is_reported_with_file_and_fix(openkbp_root, protocol, tmp_path, damage, code):
@@ -114,6 +116,54 @@ def test_damaged_patient_is_reported_with_file_and_fix(openkbp_root, protocol, t
     if found[0].severity == "error":
         with pytest.raises(DataValidationError, match=code):
             load_openkbp_case(patient, protocol, Policy.RAISE, cache_dir=tmp_path / "cache")
+
+
+def _cut(path: Path, fraction: float) -> None:
+    """Keep the first ``fraction`` of the file's bytes (a copy interrupted part-way)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+
+
+def _plain_ct_cut_mid_row(patient: Path, keep: int) -> Path:
+    """Replace the patient's ct.csv.gz by a plain ct.csv whose last row has lost its last ``keep`` bytes."""
+    text = gzip.decompress((patient / "ct.csv.gz").read_bytes())
+    (patient / "ct.csv.gz").unlink()
+    (patient / "ct.csv").write_bytes(text[:-keep])
+    return patient / "ct.csv"
+
+
+@pytest.mark.parametrize("cut", [1, 3, 7], ids=["value-end", "mid-value", "mid-index"])
+def test_plain_csv_cut_mid_row_is_reported_as_truncated_naming_the_file(openkbp_root, protocol, tmp_path, cut):
+    patient = _copy_patient(openkbp_root / "train-pats" / "pt_1", tmp_path / "pt_1")
+    ct = _plain_ct_cut_mid_row(patient, cut)
+    case, report = read_openkbp_case(patient, protocol)
+    assert case is None
+    assert [(f.code, f.path) for f in report.errors] == [("truncated", ct)]
+    assert "ct.csv is truncated" in report.errors[0].message
+
+
+def test_a_folder_without_ct_is_reported_unusable_and_skipped_in_training(openkbp_root, protocol, tmp_path, capsys):
+    root = tmp_path / "site"
+    for patient in ("pt_1", "pt_2"):
+        _copy_patient(openkbp_root / "train-pats" / patient, root / "train-pats" / patient)
+    _copy_patient(openkbp_root / "validation-pats" / "pt_201", root / "validation-pats" / "pt_201")
+    no_ct = root / "train-pats" / "pt_1b"
+    no_ct.mkdir()
+    for name in ("dose.csv.gz", "voxel_dimensions.csv.gz", "PTV70.csv.gz"):
+        shutil.copy(root / "train-pats" / "pt_1" / name, no_ct / name)
+
+    assert main(["data", "check", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert f"pt_1b        error    {no_ct}" in out
+    assert "missing-file: ct.csv(.gz) not found" in out and "Fix: export ct.csv" in out
+    assert "4 patients: 3 ok, 0 with warnings, 1 unusable" in out
+
+    train, _ = select_folders(root, DataConfig(root=str(root)))
+    assert [p.name for p in train] == ["pt_1", "pt_1b", "pt_2"]
+    for policy in (Policy.WARN, Policy.IGNORE):
+        assert [c.patient_id for c in load_cases(train, protocol, policy)] == ["pt_1", "pt_2"]
+    with pytest.raises(DataValidationError, match="pt_1b"):
+        load_cases(train, protocol, Policy.RAISE)
 
 
 def test_dataset_finds_patients_in_split_folders_in_natural_order(openkbp_root, protocol):

@@ -187,6 +187,20 @@ def check_tls(endpoint: Endpoint, ca: Path, timeout_s: float = 10.0) -> Check:
                  f"{days_left} more days" + (" (ask the operator to renew it soon)" if days_left < 30 else ""))
 
 
+def check_plaintext(endpoint: Endpoint, timeout_s: float = 10.0) -> Check:
+    """For ``--insecure``: a server that speaks TLS would never answer the node's plain requests (it would retry
+    forever). A server that does not answer at all is the network check's to report.
+    """
+    peer = _peer_certificate(endpoint, timeout_s)
+    if peer is not None:
+        return Check("tls", "fail", "speaks-tls",
+                     f"TLS mismatch: the server at {endpoint} speaks TLS (certificate for {_names(peer)}), but "
+                     "--insecure talks to it without TLS and the node would retry forever: drop --insecure and give "
+                     "--ca ca.crt (the federation's, from the operator) and --key NODE.key")
+    return Check("tls", "warn", "insecure", f"--insecure: {endpoint} does not speak TLS (a server started with "
+                 "--insecure); TLS and node authentication are off: local testing only")
+
+
 def connection_failure(endpoint: Endpoint, ca: Path | None, insecure: bool, exc: Exception) -> str:
     """Why a connection to the SuperLink failed, diagnosed with the network and TLS checks."""
     checks = [check_network(endpoint)]

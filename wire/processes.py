@@ -134,8 +134,16 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    stop_recorded(spawned, timeout_s)
+    return proc.returncode
+
+
+def stop_recorded(processes: list[tuple[int, int]], timeout_s: float = 10.0) -> None:
+    """Stop processes recorded by :func:`descendants` that still run (the same process: PID and start time):
+    SIGTERM, SIGKILL after ``timeout_s``.
+    """
     deadline = time.monotonic() + timeout_s
-    alive = [(pid, start) for pid, start in spawned if _proc_stat(pid) is not None]
+    alive = [(pid, start) for pid, start in processes if _proc_stat(pid) is not None]
     for pid, start in alive:
         _signal_if_same(pid, start, signal.SIGTERM)
     while alive and time.monotonic() < deadline:
@@ -144,7 +152,6 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> int:
                  and not _is_zombie(pid)]
     for pid, start in alive:
         _signal_if_same(pid, start, signal.SIGKILL)
-    return proc.returncode
 
 
 def _is_zombie(pid: int) -> bool:

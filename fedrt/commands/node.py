@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 from client.supernode import DEFAULT_RUNTIME_PORT
 from protocols.errors import ConfigError
 from wire.endpoint import Endpoint
+from wire.supervise import LogRotation
+
+MIB = 2**20
 
 if TYPE_CHECKING:
     from client.supernode import NodeSettings
@@ -29,7 +32,12 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site-name", help="the pseudonym this site reports in metrics (default: from the node id)")
     parser.add_argument("--runtime-port", type=int, default=DEFAULT_RUNTIME_PORT,
                         help=f"local port (127.0.0.1 only) for the node's ClientApp (default {DEFAULT_RUNTIME_PORT})")
-    parser.add_argument("--state", type=Path, help="folder for Flower's node files (default ~/.flwr)")
+    parser.add_argument("--state", type=Path,
+                        help="folder for Flower's node files and the node's log supernode.log (default ~/.flwr)")
+    parser.add_argument("--log-max-mb", type=float, default=LogRotation.max_bytes / MIB,
+                        help=f"rotate supernode.log at this size (default {LogRotation.max_bytes // MIB})")
+    parser.add_argument("--log-backups", type=int, default=LogRotation.backups,
+                        help=f"rotated logs kept, supernode.log.1 ... (default {LogRotation.backups})")
     parser.add_argument("--insecure", action="store_true", help="LOCAL TESTING ONLY: a server started with --insecure")
 
 
@@ -51,14 +59,18 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
     """NodeSettings from the shared flags."""
     from client.supernode import NodeSettings
 
+    if args.log_max_mb <= 0 or args.log_backups < 1:
+        raise ConfigError("--log-max-mb must be positive and --log-backups at least 1 (otherwise the log grows "
+                          "without limit)")
     return NodeSettings(Endpoint.parse(args.superlink), args.ca, args.key, args.data, args.protocol, args.site_name,
-                        args.runtime_port, args.state, args.insecure)
+                        args.runtime_port, args.state, args.insecure,
+                        LogRotation(int(args.log_max_mb * MIB), args.log_backups))
 
 
 def run_start(args: argparse.Namespace) -> int:
     from client.supernode import run_supernode
 
-    run_supernode(settings_from_args(args))
+    return run_supernode(settings_from_args(args))
 
 
 def run_check(args: argparse.Namespace) -> int:
