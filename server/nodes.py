@@ -19,8 +19,7 @@ from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
 from protocols.errors import ConfigError, DataNotFoundError, DeploymentError
 from wire.connection import connection_failure
-from wire.control import control_client
-from wire.endpoint import Endpoint
+from wire.control import ControlAccess
 from wire.identity import key_fingerprint
 
 NIST_CURVES = ("secp256r1", "secp384r1", "secp521r1")
@@ -69,11 +68,14 @@ def load_node_public_key(path: Path | str) -> ec.EllipticCurvePublicKey:
 
 
 class SuperLinkControl:
-    """A connection to a running SuperLink's Control API over TLS, verified with the federation's CA."""
+    """A connection to a running server's Control API over TLS, verified with the federation's CA and
+    authenticated with the operator's credential.
+    """
 
-    def __init__(self, endpoint: Endpoint, ca: Path | None, insecure: bool = False, timeout_s: float = 30.0):
-        self.endpoint, self.ca, self.insecure = endpoint, ca, insecure
-        self._client = control_client(endpoint, ca, insecure, timeout_s)
+    def __init__(self, access: ControlAccess, timeout_s: float = 30.0):
+        self.access = access
+        self.endpoint = access.endpoint
+        self._client = access.client(timeout_s)
 
     def __enter__(self) -> SuperLinkControl:
         return self
@@ -96,7 +98,7 @@ class SuperLinkControl:
             fix = _FIXES.get(error.code, "see the SuperLink's log (superlink.log in its state folder)")
             raise ControlError(f"the SuperLink refused {method}: {error.message} (code {error.code}); {fix}") from exc
         except httpx.TransportError as exc:
-            raise ControlError(connection_failure(self.endpoint, self.ca, self.insecure, exc)) from exc
+            raise ControlError(connection_failure(self.endpoint, self.access.ca, self.access.insecure, exc)) from exc
 
     def nodes(self) -> list[RegisteredNode]:
         """The registered nodes (unregistered ones left out), in registration order."""

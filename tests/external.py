@@ -13,6 +13,7 @@ import pytest
 
 DICOM3TOOLS = "apt-get install dicom3tools (CI installs it in .ci/run)"
 PLASTIMATCH = "apt-get install plastimatch (CI installs it in .ci/run)"
+NGINX = "apt-get install nginx (the server's TLS proxy; CI installs it in .ci/run)"
 
 
 def missing(what: str, how: str) -> NoReturn:

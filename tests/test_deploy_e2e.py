@@ -16,8 +16,7 @@ def test_fedrt_run_trains_two_tls_authenticated_nodes_two_rounds_recorded_in_mlf
     server_data = link_site(tmp_path / "server-data", openkbp_root, ["pt_5"], ["pt_203"])
     sites = two_sites(tmp_path, openkbp_root)
     with Deployment(tmp_path, sites) as deployment:
-        code = fedrt_run([*smoke_overrides(tmp_path, server_data), "--superlink", str(deployment.endpoint),
-                          "--ca", str(deployment.certs.ca_cert)])
+        code = fedrt_run([*smoke_overrides(tmp_path, server_data), *deployment.flags])
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     # followed: progress and a per-round summary naming both sites, then the outcome

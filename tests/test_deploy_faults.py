@@ -22,7 +22,7 @@ def test_run_completes_with_the_remaining_node_when_one_is_killed_mid_round(tmp_
     codes: list[int] = []
     with Deployment(tmp_path, two_sites(tmp_path, openkbp_root)) as deployment:
         submitted = threading.Thread(target=lambda: codes.append(fedrt_run(
-            [*overrides, "--superlink", str(deployment.endpoint), "--ca", str(deployment.certs.ca_cert)])))
+            [*overrides, *deployment.flags])))
         submitted.start()
         try:
             deployment.wait_for_app("site-b", timeout_s=180)  # site-b is working on round 1
@@ -63,7 +63,7 @@ def test_a_server_killed_mid_run_and_restarted_resumes_from_its_last_round_check
     overrides = smoke_overrides(tmp_path, server_data, rounds=3)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     with Deployment(tmp_path, two_sites(tmp_path, openkbp_root)) as deployment:
-        flags = ["--superlink", str(deployment.endpoint), "--ca", str(deployment.certs.ca_cert)]
+        flags = deployment.flags
         first: list[BaseException | int] = []
 
         def submit() -> None:
