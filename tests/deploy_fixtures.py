@@ -82,6 +82,24 @@ def operator_access(root: Path, endpoint: Endpoint) -> ControlAccess:
                          issue_operator_credential(root / "certs", "operator", root / "operator"))
 
 
+def operator_flags(access: ControlAccess) -> list[str]:
+    """``--superlink --ca --operator``: how an operator's command reaches the server ``access`` names."""
+    return ["--superlink", str(access.endpoint), "--ca", str(access.ca), "--operator", str(access.operator)]
+
+
+def server_parts(server: subprocess.Popen) -> dict[str, int]:
+    """The PIDs of a running server's parts by program: ``flower-superlink`` and ``nginx`` (its master)."""
+    parts = {}
+    for pid, _ in descendants(server.pid):
+        with contextlib.suppress(OSError):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if command[0].startswith(b"nginx: master"):
+                parts["nginx"] = pid
+            elif any(arg.endswith(b"/flower-superlink") for arg in command[:2]):
+                parts["flower-superlink"] = pid
+    return parts
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -206,7 +224,7 @@ class Deployment:
     @property
     def flags(self) -> list[str]:
         """How an operator's command (`fedrt run`) reaches this server."""
-        return ["--superlink", str(self.endpoint), "--ca", str(self.access.ca), "--operator", str(self.access.operator)]
+        return operator_flags(self.access)
 
     def __enter__(self) -> Deployment:
         try:

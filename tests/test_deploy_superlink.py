@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploy_fixtures import free_port, listening_sockets, operator_access, server_settings, start_node, start_server
+from deploy_fixtures import (
+    free_port,
+    listening_sockets,
+    operator_access,
+    operator_flags,
+    server_parts,
+    server_settings,
+    start_node,
+    start_server,
+)
 
 from client.preflight import check_node_key, check_tls
 from client.supernode import NodeSettings
@@ -26,7 +35,7 @@ from server.nodes import ControlError, SuperLinkControl
 from server.superlink import SuperLinkSettings, check_settings, superlink_command
 from wire.control import ControlAccess
 from wire.endpoint import Endpoint
-from wire.processes import descendants, start_process, stop_process, wait_until_listening
+from wire.processes import start_process, stop_process, wait_until_listening
 
 
 @dataclass
@@ -97,18 +106,6 @@ def _flag(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
 
 
-def _parts(server: subprocess.Popen) -> dict[str, int]:
-    """The PIDs of the server's parts by program: flower-superlink and the nginx master."""
-    parts = {}
-    for pid, _ in descendants(server.pid):
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if command[0].startswith(b"nginx: master"):
-            parts["nginx"] = pid
-        elif any(arg.endswith(b"/flower-superlink") for arg in command[:2]):
-            parts["flower-superlink"] = pid
-    return parts
-
-
 def test_the_server_opens_one_tls_port_and_keeps_the_superlink_on_loopback(deployment):
     command = superlink_command(deployment.settings)
     assert {"--enable-supernode-auth", "--disable-runtime-dependency-installation"} <= set(command)
@@ -117,7 +114,7 @@ def test_the_server_opens_one_tls_port_and_keeps_the_superlink_on_loopback(deplo
     assert _flag(command, "--database") == str(deployment.settings.database.resolve())
     assert _flag(command, "--ssl-certfile").endswith("server.crt")
     assert deployment.settings.database.exists()
-    parts = _parts(deployment.server)
+    parts = server_parts(deployment.server)
     assert listening_sockets(parts["nginx"]) == {("127.0.0.1", deployment.settings.port)}
     assert listening_sockets(parts["flower-superlink"]) == {("127.0.0.1", deployment.settings.internal_port)}
     assert listening_sockets(deployment.server.pid) == set()
@@ -171,8 +168,7 @@ def test_unregistering_a_hospital_disconnects_its_running_node(deployment):
 def test_server_nodes_command_lists_names_and_status(deployment, capsys):
     parser = argparse.ArgumentParser()
     server_command.register(parser.add_subparsers())
-    flags = ["--superlink", str(deployment.endpoint), "--ca", str(deployment.ca), "--operator",
-             str(deployment.access.operator)]
+    flags = operator_flags(deployment.access)
     args = parser.parse_args(["server", "nodes", *flags])
     assert args.run(args) == 0
     out = capsys.readouterr().out
