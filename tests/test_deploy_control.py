@@ -1,17 +1,19 @@
 """The locked control plane, with real processes on 127.0.0.1: ``fedrt server start`` opens one public port (nginx)
 in front of a SuperLink on loopback. Without an operator credential, listing nodes and registering a key through
-that port fail (raw HTTPS requests, as curl sends them); with one they work, and a node registered with it joins.
-(That registered nodes train: ``test_deploy_e2e.py``, whose nodes are registered the same way.) Stopping either part
-stops the whole service. Every process is started and stopped here, by PID.
+that port fail (raw HTTPS requests, as curl sends them); with one they work, and a node registered with it joins;
+submitting and stopping a run need it too. (That registered nodes train: ``test_deploy_e2e.py``, whose nodes are
+registered the same way.) Stopping either part stops the whole service. Every process is started and stopped
+here, by PID.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import http.client
 import os
+import re
+import shutil
 import signal
 import socket
 import ssl
@@ -35,15 +37,16 @@ from deploy_fixtures import (
     start_server,
     write_pem,
 )
-from flwr.proto.control_pb2 import ListNodesRequest, RegisterNodeRequest
+from flwr.proto.control_pb2 import ListNodesRequest, ListRunsRequest, RegisterNodeRequest
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
 from client.supernode import NodeSettings
-from fedrt.commands import server as server_command
+from fedrt.cli import main
 from protocols.errors import ConfigError, DeploymentError
 from server.certs import create_node_keys, init_certificates, issue_operator_credential, load_ca
 from server.nodes import SuperLinkControl, load_node_public_key
-from server.superlink import SuperLinkSettings
+from server.proxy import nginx_executable, proxy_config
+from server.superlink import SuperLinkSettings, check_settings
 from wire.control import REFUSAL_HEADER, ControlAccess
 from wire.processes import descendants, stop_process
 
@@ -111,14 +114,7 @@ def refused_credentials(root: Path) -> dict[str, tuple[tuple[Path, ...], str]]:
     }
 
 
-def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    server_command.register(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    return args.run(args)
-
-
-def test_without_an_operator_credential_listing_and_registering_fail_with_one_they_work(tmp_path):
+def test_without_an_operator_credential_listing_and_registering_fail_with_one_they_work(tmp_path, capsys):
     with running_server(tmp_path) as (_, access, _server):
         keys = create_node_keys("site-x", tmp_path / "keys")
         register = RegisterNodeRequest(public_key=public_key_to_bytes(load_node_public_key(keys.public_key)),
@@ -153,14 +149,28 @@ def test_without_an_operator_credential_listing_and_registering_fail_with_one_th
         for path in ("/v1/runtime/get-nodes", "/", "/docs"):
             assert post(access, path, b"", (access.operator,))[0] == 404
 
-        # fedrt's operator commands say what is missing or refused, and how to get a credential
-        flags = operator_flags(access)
-        with pytest.raises(ConfigError, match=r"give --operator NAME\.pem.*fedrt certs operator NAME"):
-            _cli(["server", "nodes", *flags[:4]])
-        old = tmp_path / "old" / "old.pem"
-        with pytest.raises(DeploymentError, match=r"refused the Control API call ListNodes: .*expired.*fedrt certs "
-                                                  r"operator NAME"):
-            _cli(["server", "nodes", *flags[:4], "--operator", str(old)])
+        # fedrt's operator commands say in one line what is missing or refused, and how to get a credential
+        address = operator_flags(access)[:4]
+        capsys.readouterr()
+        assert main(["server", "nodes", *address]) == 2
+        assert re.fullmatch(r"fedrt server: error: give --operator NAME\.pem: .*`fedrt certs operator NAME .*\n",
+                            capsys.readouterr().err)
+        assert main(["server", "nodes", *address, "--operator", str(tmp_path / "old" / "old.pem")]) == 2
+        assert re.fullmatch(r"fedrt server: error: .* refused the Control API call ListNodes: .*certificate has "
+                            r"expired.*`fedrt certs operator NAME .*\n", capsys.readouterr().err)
+
+        # submitting and stopping a run take the credential too
+        assert main(["run", "preset=smoke", *address, "--detach"]) == 2
+        assert "give --operator" in capsys.readouterr().err
+        assert main(["run", "preset=smoke", *operator_flags(access), "--detach"]) == 0
+        run_id = int(re.search(r"submitted run (\d+)", capsys.readouterr().out).group(1))
+        assert main(["server", "stop-run", str(run_id), *operator_flags(access)]) == 0
+        client = access.client()
+        try:
+            status = client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id].status
+        finally:
+            client.close()
+        assert (status.status, status.sub_status) == ("finished", "stopped")
 
 
 def _gone(pids: list[tuple[int, int]], timeout_s: float = 15) -> bool:
@@ -198,3 +208,14 @@ def test_the_server_is_one_service_a_crash_of_either_part_or_sigterm_stops_both(
         assert _gone(started) and _closed(settings.port) and _closed(settings.internal_port)
         log = (tmp_path / "third" / "server.log").read_text()
         assert "SIGTERM received; stopping the proxy and the SuperLink" in log
+
+
+def test_what_the_proxy_cannot_work_with_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    init_certificates(tmp_path / "certs", ["fl.example.org"])
+    with pytest.raises(ConfigError, match="--internal-port 9092 is the public --port"):
+        check_settings(SuperLinkSettings(tmp_path / "state", tmp_path / "certs", port=9092, internal_port=9092))
+    with pytest.raises(ConfigError, match="may not hold"):
+        proxy_config(SuperLinkSettings(tmp_path / "st$ate", tmp_path / "certs"))
+    monkeypatch.setattr(shutil, "which", lambda *_, **__: None)
+    with pytest.raises(DeploymentError, match="apt-get install nginx"):
+        nginx_executable()

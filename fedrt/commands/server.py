@@ -1,6 +1,6 @@
-"""``fedrt server``: run the aggregation server (``start``: the SuperLink behind its TLS proxy, as one service) and
-manage which hospitals may join (``register``, ``unregister``, ``nodes``) on a running one, with an operator's
-credential.
+"""``fedrt server``: run the aggregation server (``start``: the SuperLink behind its TLS proxy, as one service) and,
+with an operator's credential, manage which hospitals may join (``register``, ``unregister``, ``nodes``) and stop
+a run (``stop-run``) on a running one.
 """
 
 from __future__ import annotations
@@ -72,6 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_connection_arguments(nodes)
     nodes.add_argument("--json", action="store_true", help="print the list as JSON")
     nodes.set_defaults(run=run_nodes)
+    stop = sub.add_parser("stop-run", help="stop a run (its ServerApp, and the nodes' work for it)")
+    stop.add_argument("run_id", type=int, help="Flower's run id (`fedrt run` prints it: submitted run N)")
+    add_connection_arguments(stop)
+    stop.set_defaults(run=run_stop)
 
 
 def run_start(args: argparse.Namespace) -> int:
@@ -119,4 +123,11 @@ def run_nodes(args: argparse.Namespace) -> int:
     for node in nodes:
         print(_describe(node))
     print(f"{len(nodes)} registered, {sum(n.status == 'online' for n in nodes)} online", file=sys.stderr)
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    with _control(args) as control:
+        control.stop_run(args.run_id)
+    print(f"run {args.run_id} stopped; a run with round checkpoints resumes with `fedrt run resume=<MLflow run id>`")
     return 0
