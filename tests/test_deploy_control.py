@@ -187,7 +187,7 @@ def _closed(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_the_server_is_one_service_a_crash_of_either_part_or_sigterm_stops_both(tmp_path):
+def test_the_server_is_one_service_a_crash_of_either_part_or_of_the_service_or_sigterm_stops_both(tmp_path):
     with running_server(tmp_path) as (settings, _, server):
         started = descendants(server.pid)
         os.kill(server_parts(server)["flower-superlink"], signal.SIGKILL)
@@ -208,6 +208,12 @@ def test_the_server_is_one_service_a_crash_of_either_part_or_sigterm_stops_both(
         assert _gone(started) and _closed(settings.port) and _closed(settings.internal_port)
         log = (tmp_path / "third" / "server.log").read_text()
         assert "SIGTERM received; stopping the proxy and the SuperLink" in log
+
+    with running_server(tmp_path / "fourth") as (settings, _, server):
+        started = descendants(server.pid)
+        os.kill(server.pid, signal.SIGKILL)  # no goodbye: the kernel sends both parts SIGTERM
+        assert server.wait(30) == -signal.SIGKILL
+        assert _gone(started) and _closed(settings.port) and _closed(settings.internal_port)
 
 
 def test_what_the_proxy_cannot_work_with_is_refused_before_anything_starts(tmp_path, monkeypatch):
