@@ -29,7 +29,7 @@ OPERATOR_DAYS = 397  # an operator's credential: reissued yearly (and the CA rep
 # The organisational unit that marks an operator's client certificate: the proxy passes Control API calls only for
 # a certificate from the federation's CA with this unit (and client-authentication usage).
 OPERATOR_UNIT = "fedrt operator"
-CURVE = ec.SECP384R1  # NIST P-384 for the CA, the server and the nodes (Flower accepts NIST curves only)
+CURVE = ec.SECP384R1  # NIST P-384 for the CA, server, operators and nodes (Flower accepts NIST curves only)
 # Names the SuperLink's own subprocesses dial: it runs its ServerApp runner against 127.0.0.1 when it binds
 # to all interfaces, so these are always in the server certificate.
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
