@@ -1,7 +1,8 @@
 """Certificates and keys of a fedrt deployment: the federation's own CA, the aggregation server's TLS
-certificate (names and addresses the hospitals dial, as SANs) and the node key pairs Flower's node
-authentication uses (OpenSSH-format EC keys on a NIST curve). Private keys are written 0600, atomically,
-and nothing is overwritten unless asked.
+certificate (names and addresses the hospitals dial, as SANs), operators' client certificates (the credential the
+server's proxy requires for the Control API) and the node key pairs Flower's node authentication uses
+(OpenSSH-format EC keys on a NIST curve). Private keys are written 0600, atomically, and nothing is overwritten
+unless asked.
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ from protocols.files import atomic_write
 
 CA_DAYS = 3650  # the federation's root of trust: replaced rarely, every node must get the new one
 SERVER_DAYS = 397  # the server certificate: renewed yearly with the same CA (no change at the hospitals)
-CURVE = ec.SECP384R1  # NIST P-384 for the CA, the server and the nodes (Flower accepts NIST curves only)
+OPERATOR_DAYS = 397  # an operator's credential: reissued yearly (and the CA replaced if one leaks: no revocation list)
+# The organisational unit that marks an operator's client certificate: the proxy passes Control API calls only for
+# a certificate from the federation's CA with this unit (and client-authentication usage).
+OPERATOR_UNIT = "fedrt operator"
+CURVE = ec.SECP384R1  # NIST P-384 for the CA, server, operators and nodes (Flower accepts NIST curves only)
 # Names the SuperLink's own subprocesses dial: it runs its ServerApp runner against 127.0.0.1 when it binds
 # to all interfaces, so these are always in the server certificate.
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
-_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
 _DNS_NAME = re.compile(rf"(\*\.)?{_DNS_LABEL}(\.{_DNS_LABEL})*")
 
@@ -76,6 +81,14 @@ def parse_hosts(hosts: Sequence[str], local_names: bool = True) -> list[x509.Gen
     return names
 
 
+def _check_name(name: str, what: str) -> str:
+    """``name`` when it is a safe file and certificate name; an error naming the allowed characters otherwise."""
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"{what} name {name!r}: use letters, digits, '.', '_' or '-' (at most 64 characters), "
+                          "e.g. site-a or alice")
+    return name
+
+
 def _refuse_overwrite(paths: Sequence[Path], force: bool) -> None:
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
@@ -117,6 +130,33 @@ def make_ca(federation: str, valid_from: dt.datetime | None = None,
     return cert, key
 
 
+def _end_entity(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, subject: x509.Name,
+                usage: x509.ObjectIdentifier, start: dt.datetime | None, days: int,
+                sans: list[x509.GeneralName] | None = None) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new key and its certificate for ``subject`` signed by the CA, for one extended key usage (TLS server or
+    client), with ``sans`` when given.
+    """
+    key = ec.generate_private_key(CURVE())
+    start = start or _utc_now() - dt.timedelta(minutes=5)
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (x509.CertificateBuilder()
+               .subject_name(subject).issuer_name(ca_cert.subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days)))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = (builder
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=True, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+            .sign(ca_key, hashes.SHA384()))
+    return cert, key
+
+
 def make_server_certificate(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, hosts: Sequence[str],
                             valid_from: dt.datetime | None = None, days: int = SERVER_DAYS,
                             local_names: bool = True) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -125,26 +165,20 @@ def make_server_certificate(ca_cert: x509.Certificate, ca_key: ec.EllipticCurveP
     """
     if not hosts:
         raise ConfigError("give at least one --host: the DNS name or IP address the hospitals use for the server")
-    sans = parse_hosts(hosts, local_names)
-    key = ec.generate_private_key(CURVE())
-    start = valid_from or _utc_now() - dt.timedelta(minutes=5)
-    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0].strip("[]")),
-                                     x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedrt")]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=True, key_cert_sign=False,
-                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-            .sign(ca_key, hashes.SHA384()))
-    return cert, key
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0].strip("[]")),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedrt")])
+    return _end_entity(ca_cert, ca_key, subject, ExtendedKeyUsageOID.SERVER_AUTH, valid_from, days,
+                       parse_hosts(hosts, local_names))
+
+
+def make_operator_certificate(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, name: str,
+                              valid_from: dt.datetime | None = None,
+                              days: int = OPERATOR_DAYS) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """An operator's TLS client certificate (unit :data:`OPERATOR_UNIT`, client authentication only) and its key."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _check_name(name, "operator")),
+                         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, OPERATOR_UNIT),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedrt")])
+    return _end_entity(ca_cert, ca_key, subject, ExtendedKeyUsageOID.CLIENT_AUTH, valid_from, days)
 
 
 def write_server_certificate(folder: Path, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
@@ -199,9 +233,7 @@ def renew_server_certificate(folder: Path | str, hosts: Sequence[str], days: int
 
 def create_node_keys(name: str, folder: Path | str, force: bool = False) -> NodeKeyFiles:
     """A node key pair as ``folder/NAME.key`` (OpenSSH EC private key, 0600) and ``folder/NAME.pub``."""
-    if not _NODE_NAME.fullmatch(name):
-        raise ConfigError(f"node name {name!r}: use letters, digits, '.', '_' or '-' (at most 64 characters), "
-                         "e.g. the hospital's pseudonym site-a")
+    _check_name(name, "node")
     folder = Path(folder)
     files = NodeKeyFiles(folder / f"{name}.key", folder / f"{name}.pub")
     _refuse_overwrite([files.private_key, files.public_key], force)
@@ -213,6 +245,20 @@ def create_node_keys(name: str, folder: Path | str, force: bool = False) -> Node
     atomic_write(files.private_key, private, 0o600)
     atomic_write(files.public_key, public + f" fedrt-{name}\n".encode(), 0o644)
     return files
+
+
+def issue_operator_credential(certs: Path | str, name: str, folder: Path | str, force: bool = False,
+                              days: int = OPERATOR_DAYS, valid_from: dt.datetime | None = None) -> Path:
+    """An operator's Control API credential ``folder/NAME.pem``: the key and the client certificate the federation's
+    CA (in ``certs``) signs for it, in one file, 0600.
+    """
+    path = Path(folder) / f"{_check_name(name, 'operator')}.pem"
+    _refuse_overwrite([path], force)
+    ca_cert, ca_key = load_ca(certs)
+    cert, key = make_operator_certificate(ca_cert, ca_key, name, valid_from, days)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, _private_pem(key) + cert.public_bytes(serialization.Encoding.PEM), 0o600)
+    return path
 
 
 def verify_server_files(folder: Path | str, now: dt.datetime | None = None) -> x509.Certificate:

@@ -1,7 +1,7 @@
-"""Which hospitals may join: register a node's public key under a site name, unregister it, list the nodes.
-These are the calls ``flwr supernode register/unregister/list`` make to the SuperLink's Control API, made
-directly so that names and key fingerprints can be shown (``flwr supernode list`` prints neither) and no
-Flower configuration file is needed.
+"""Which hospitals may join: register a node's public key under a site name, unregister it, list the nodes; and
+stop a run. These are the calls ``flwr supernode register/unregister/list`` and ``flwr stop`` make to the
+SuperLink's Control API, made directly so that names and key fingerprints can be shown (``flwr supernode list``
+prints neither), the operator's credential is presented (``flwr`` cannot) and no Flower configuration file is needed.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import httpx
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.proto.control_pb2 import ListNodesRequest, RegisterNodeRequest, UnregisterNodeRequest
+from flwr.proto.control_pb2 import ListNodesRequest, RegisterNodeRequest, StopRunRequest, UnregisterNodeRequest
 from flwr.supercore.error import FlowerError
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
 from protocols.errors import ConfigError, DataNotFoundError, DeploymentError
 from wire.connection import connection_failure
-from wire.control import control_client
-from wire.endpoint import Endpoint
+from wire.control import ControlAccess
 from wire.identity import key_fingerprint
 
 NIST_CURVES = ("secp256r1", "secp384r1", "secp521r1")
@@ -69,11 +68,13 @@ def load_node_public_key(path: Path | str) -> ec.EllipticCurvePublicKey:
 
 
 class SuperLinkControl:
-    """A connection to a running SuperLink's Control API over TLS, verified with the federation's CA."""
+    """A connection to a running server's Control API over TLS, verified with the federation's CA and
+    authenticated with the operator's credential.
+    """
 
-    def __init__(self, endpoint: Endpoint, ca: Path | None, insecure: bool = False, timeout_s: float = 30.0):
-        self.endpoint, self.ca, self.insecure = endpoint, ca, insecure
-        self._client = control_client(endpoint, ca, insecure, timeout_s)
+    def __init__(self, access: ControlAccess, timeout_s: float = 30.0):
+        self.access = access
+        self._client = access.client(timeout_s)
 
     def __enter__(self) -> SuperLinkControl:
         return self
@@ -91,12 +92,13 @@ class SuperLinkControl:
         except httpx.HTTPStatusError as exc:
             error = FlowerError.from_json(exc.response.text)
             if error is None:
-                raise ControlError(f"the SuperLink at {self.endpoint} answered {exc.response.status_code} to "
+                raise ControlError(f"the SuperLink at {self.access.endpoint} answered {exc.response.status_code} to "
                                    f"{method}; see its log (superlink.log in its state folder)") from exc
             fix = _FIXES.get(error.code, "see the SuperLink's log (superlink.log in its state folder)")
             raise ControlError(f"the SuperLink refused {method}: {error.message} (code {error.code}); {fix}") from exc
         except httpx.TransportError as exc:
-            raise ControlError(connection_failure(self.endpoint, self.ca, self.insecure, exc)) from exc
+            access = self.access
+            raise ControlError(connection_failure(access.endpoint, access.ca, access.insecure, exc)) from exc
 
     def nodes(self) -> list[RegisteredNode]:
         """The registered nodes (unregistered ones left out), in registration order."""
@@ -137,3 +139,7 @@ class SuperLinkControl:
         node = self.find(name_or_id)
         self._call("UnregisterNode", UnregisterNodeRequest(node_id=node.node_id))
         return node
+
+    def stop_run(self, run_id: int) -> None:
+        """Stop a run: Flower ends its ServerApp and the nodes' work for it; an error if it is unknown or finished."""
+        self._call("StopRun", StopRunRequest(run_id=run_id))

@@ -25,8 +25,7 @@ from flwr.supercore.fab import Fab
 from protocols.errors import DeploymentError
 from server.deployed import DEPLOYED_APPS, OVERRIDES_KEY, encode_overrides, write_app_definition
 from wire.connection import connection_failure
-from wire.control import control_client
-from wire.endpoint import Endpoint
+from wire.control import ControlAccess
 
 
 @dataclass(frozen=True)
@@ -67,17 +66,16 @@ def _status(client: ControlHttpClient, run_id: int) -> RunResult:
     return RunResult(run_id, run.status.status, run.status.sub_status, run.status.details)
 
 
-def submit_run(endpoint: Endpoint, ca: Path | None, overrides: list[str], insecure: bool = False,
-               follow: bool = True, out: TextIO | None = None, poll_s: float = 2.0,
-               app: SubmittedApp | None = None) -> RunResult:
-    """Start a run of fedrt's apps with ``overrides`` on the SuperLink at ``endpoint``; with ``follow``, print
+def submit_run(access: ControlAccess, overrides: list[str], follow: bool = True, out: TextIO | None = None,
+               poll_s: float = 2.0, app: SubmittedApp | None = None) -> RunResult:
+    """Start a run of fedrt's apps with ``overrides`` on the server ``access`` reaches; with ``follow``, print
     the ServerApp's output to ``out`` (default: stdout) until the run finishes, and return how it ended.
     ``app``: another app and run config than the deployment's (the simulation's).
     """
     out = out or sys.stdout
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call is noise here
     app = app or SubmittedApp(DEPLOYED_APPS, {OVERRIDES_KEY: encode_overrides(overrides)})
-    client = control_client(endpoint, ca, insecure)
+    client = access.client()
     try:
         request = StartRunRequest(fab=fab_to_proto(build_app_fab(app.components, app.run_config)),
                                   override_config=user_config_to_proto(app.run_config),
@@ -85,11 +83,11 @@ def submit_run(endpoint: Endpoint, ca: Path | None, overrides: list[str], insecu
         try:
             response = client.StartRun(request)
         except httpx.TransportError as exc:
-            raise DeploymentError(connection_failure(endpoint, ca, insecure, exc)) from exc
+            raise DeploymentError(connection_failure(access.endpoint, access.ca, access.insecure, exc)) from exc
         if not response.HasField("run_id"):
-            raise DeploymentError(f"the SuperLink at {endpoint} did not start the run; see its superlink.log")
+            raise DeploymentError(f"the SuperLink at {access.endpoint} did not start the run; see its superlink.log")
         run_id = response.run_id
-        print(f"fedrt: submitted run {run_id} to {endpoint}", file=out, flush=True)
+        print(f"fedrt: submitted run {run_id} to {access.endpoint}", file=out, flush=True)
         if not follow:
             return _status(client, run_id)
         for chunk in client.StreamLogs(StreamLogsRequest(run_id=run_id, after_timestamp=0.0)):

@@ -1,7 +1,8 @@
-"""The aggregation server's Flower SuperLink: one HTTPS port (Fleet, Control and Runtime APIs) with TLS from
-``fedrt certs init``, node authentication on, state persisted in a database, and no package downloads at
-run time (sites and server may be offline). ``--insecure`` exists for local tests only and binds to loopback.
-It runs in its state folder, so the ServerApp's relative paths (``mlflow.db``, ``mlruns/``, ``runs/``) land there.
+"""The aggregation server's Flower SuperLink: Fleet, Control and Runtime APIs on one HTTPS port, bound to
+loopback behind the server's proxy (``server.proxy``), with TLS from ``fedrt certs init``, node authentication on,
+state persisted in a database, and no package downloads at run time (sites and server may be offline).
+``--insecure`` exists for local tests only: no proxy, the SuperLink itself on a loopback address. It runs in its
+state folder, so the ServerApp's relative paths (``mlflow.db``, ``mlruns/``, ``runs/``) land there.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from wire.processes import exec_process, flower_environment, flower_executable, 
 DEFAULT_PORT = 9092
 DEFAULT_HOST = "0.0.0.0"
 INSECURE_HOST = "127.0.0.1"
+DEFAULT_INTERNAL_PORT = 9093  # the SuperLink's own port behind the proxy: 127.0.0.1 only
 RULE = "!" * 100
 
 
 @dataclass(frozen=True)
 class SuperLinkSettings:
-    """How to run the SuperLink: bind address, certificates folder, state folder, and the test-only switch.
+    """How to run the server: the public address (the proxy's; the SuperLink's own with ``insecure``), the
+    SuperLink's loopback port behind the proxy, certificates folder, state folder, and the test-only switch.
 
     ``simulation``: Flower's simulation runtime instead of real nodes (``fedrt simulate``: virtual hospitals on
     this machine, loopback only); ``workdir``: where the ServerApp runs, the state folder unless given.
@@ -40,6 +43,17 @@ class SuperLinkSettings:
     insecure: bool = False
     simulation: bool = False
     workdir: Path | None = None
+    internal_port: int = DEFAULT_INTERNAL_PORT
+
+    @property
+    def public(self) -> Endpoint:
+        """The one address the server opens to the network (the proxy's; the SuperLink's own with ``insecure``)."""
+        return Endpoint(self.host, self.port)
+
+    @property
+    def superlink(self) -> Endpoint:
+        """Where the SuperLink itself listens: behind the proxy on loopback, or (``insecure``) the public address."""
+        return self.public if self.insecure else Endpoint(INSECURE_HOST, self.internal_port)
 
     @property
     def database(self) -> Path:
@@ -50,6 +64,11 @@ class SuperLinkSettings:
     def log_file(self) -> Path:
         """Flower's own log, rotated daily (7 kept)."""
         return self.state_dir / "superlink.log"
+
+    @property
+    def console_log(self) -> Path:
+        """The SuperLink's console output when it runs in the background."""
+        return self.state_dir / "superlink.console.log"
 
     @property
     def flwr_home(self) -> Path:
@@ -70,6 +89,9 @@ def check_settings(settings: SuperLinkSettings) -> list[str]:
     if settings.insecure:
         Endpoint(settings.host, settings.port).require_loopback("--insecure")
         return [insecure_banner(settings)]
+    if settings.internal_port == settings.port:
+        raise ConfigError(f"--internal-port {settings.internal_port} is the public --port; the SuperLink behind the "
+                          "proxy needs a port of its own")
     if settings.certs_dir is None:
         raise ConfigError("give --certs DIR (created with `fedrt certs init --out DIR --host NAME`), or --insecure for "
                           "a local test")
@@ -85,7 +107,8 @@ def check_settings(settings: SuperLinkSettings) -> list[str]:
 
 def superlink_command(settings: SuperLinkSettings) -> list[str]:
     """The ``flower-superlink`` command line for ``settings``."""
-    command = [flower_executable("flower-superlink"), "--host", settings.host, "--port", str(settings.port),
+    command = [flower_executable("flower-superlink"), "--host", settings.superlink.host,
+               "--port", str(settings.superlink.port),
                "--database", str(settings.database.resolve()), "--log-file", str(settings.log_file.resolve()),
                "--disable-runtime-dependency-installation"]
     if settings.simulation:
@@ -104,23 +127,25 @@ def prepare_state(settings: SuperLinkSettings) -> None:
 
 
 def start_superlink(settings: SuperLinkSettings, console_log: Path | None = None,
-                    environment: dict[str, str] | None = None) -> subprocess.Popen:
+                    environment: dict[str, str] | None = None, with_parent: bool = False) -> subprocess.Popen:
     """Start the SuperLink in the background (own process group); stop it with ``wire.processes.stop_process``.
-    ``environment`` adds variables for it and the apps it starts.
+    ``environment`` adds variables for it and the apps it starts; ``with_parent``: it gets SIGTERM when this
+    process dies.
     """
     check_settings(settings)
     prepare_state(settings)
     return start_process(superlink_command(settings), {**flower_environment(settings.flwr_home), **(environment or {})},
-                         console_log or settings.state_dir / "superlink.console.log",
-                         cwd=settings.workdir or settings.state_dir)
+                         console_log or settings.console_log, cwd=settings.workdir or settings.state_dir,
+                         with_parent=with_parent)
 
 
 def run_superlink(settings: SuperLinkSettings) -> NoReturn:
-    """Check the settings, print what runs, then become the SuperLink (foreground, for a service manager)."""
+    """Check the settings, print what runs, then become the SuperLink (foreground, for a service manager): the
+    ``--insecure`` local test server, which needs no proxy.
+    """
     for note in check_settings(settings):
         print(note, file=sys.stderr)
     prepare_state(settings)
-    endpoint = Endpoint(settings.host, settings.port)
-    print(f"fedrt server: SuperLink on {endpoint} ({'INSECURE' if settings.insecure else 'TLS'}), state in "
-          f"{settings.state_dir}; hospitals connect out to this single port", file=sys.stderr)
+    print(f"fedrt server: SuperLink on {settings.superlink} (INSECURE, no proxy: every API open to this machine), "
+          f"state in {settings.state_dir}", file=sys.stderr)
     exec_process(superlink_command(settings), flower_environment(settings.flwr_home), cwd=settings.state_dir)

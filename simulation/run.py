@@ -31,6 +31,7 @@ from server.submit import SubmittedApp, submit_run
 from server.superlink import INSECURE_HOST, SuperLinkSettings, start_superlink
 from simulation.app import APPS, OUTCOME_KEY, RUN_CONFIG_DEFAULTS, SITES_KEY
 from simulation.partition import VirtualSite
+from wire.control import ControlAccess
 from wire.endpoint import Endpoint
 from wire.processes import stop_process, wait_until_listening
 
@@ -113,7 +114,7 @@ def simulate(config: DictConfig) -> SimulationOutcome:
         superlink = start_superlink(settings, settings.state_dir / "console.log", ray_environment(config))
         try:
             wait_until_listening(superlink, settings.host, settings.port, settings.state_dir / "console.log")
-            result = submit_run(Endpoint(settings.host, settings.port), None, [], insecure=True,
+            result = submit_run(ControlAccess(Endpoint(settings.host, settings.port), insecure=True), [],
                                 app=SubmittedApp(APPS, run_config, federation(config)))
         finally:
             stop_process(superlink)

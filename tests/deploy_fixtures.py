@@ -1,6 +1,7 @@
 """Helpers for the deployment tests: free loopback ports, PEM files of generated certificates, a small TLS
-server on 127.0.0.1 that presents a given certificate (to provoke each preflight failure for real), and a
-real deployment (SuperLink + registered SuperNodes on linked real patients) started and stopped by PID.
+server on 127.0.0.1 that presents a given certificate (to provoke each preflight failure for real), the server
+as its operator starts it (`fedrt server start`: SuperLink behind the TLS proxy), and a real deployment (server +
+registered SuperNodes on linked real patients) started and stopped by PID.
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from external import NGINX, missing
 
 from client.supernode import NodeSettings
 from fedrt.commands import run as run_command
-from server.certs import create_node_keys, init_certificates
+from protocols.errors import DeploymentError
+from server.certs import create_node_keys, init_certificates, issue_operator_credential
 from server.nodes import SuperLinkControl
+from server.proxy import nginx_executable
 from server.superlink import SuperLinkSettings, start_superlink
+from wire.control import ControlAccess
 from wire.endpoint import Endpoint
 from wire.processes import descendants, start_process, stop_process, wait_until_listening
 
@@ -66,6 +71,56 @@ def wait_for(condition, timeout_s: float, what: str):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def start_server(settings: SuperLinkSettings, log_path: Path) -> subprocess.Popen:
+    """The aggregation server as its operator starts one, `fedrt server start` (the SuperLink on loopback behind
+    nginx on the public port, as one service), in the background in its own process group; returns once the public
+    port answers (the proxy starts after the SuperLink listens). Skips the test without nginx (fails under CI).
+    """
+    try:
+        nginx_executable()
+    except DeploymentError:
+        missing("nginx", NGINX)
+    proc = start_process([sys.executable, "-m", "fedrt.cli", "server", "start", "--certs", str(settings.certs_dir),
+                          "--host", settings.host, "--port", str(settings.port), "--internal-port",
+                          str(settings.internal_port), "--state", str(settings.state_dir)], dict(os.environ),
+                         log_path)
+    try:
+        wait_until_listening(proc, settings.host, settings.port, log_path, timeout_s=90)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+def server_settings(root: Path) -> SuperLinkSettings:
+    """A server on 127.0.0.1 with the certificates in ``root/certs`` and its state in ``root/state``."""
+    return SuperLinkSettings(root / "state", root / "certs", "127.0.0.1", free_port(), internal_port=free_port())
+
+
+def operator_access(root: Path, endpoint: Endpoint) -> ControlAccess:
+    """An operator's access to the server at ``endpoint``: the CA in ``root/certs`` and a credential it issues."""
+    return ControlAccess(endpoint, root / "certs" / "ca.crt",
+                         issue_operator_credential(root / "certs", "operator", root / "operator"))
+
+
+def operator_flags(access: ControlAccess) -> list[str]:
+    """``--superlink --ca --operator``: how an operator's command reaches the server ``access`` names."""
+    return ["--superlink", str(access.endpoint), "--ca", str(access.ca), "--operator", str(access.operator)]
+
+
+def server_parts(server: subprocess.Popen) -> dict[str, int]:
+    """The PIDs of a running server's parts by program: ``flower-superlink`` and ``nginx`` (its master)."""
+    parts = {}
+    for pid, _ in descendants(server.pid):
+        with contextlib.suppress(OSError):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if command[0].startswith(b"nginx: master"):
+                parts["nginx"] = pid
+            elif any(arg.endswith(b"/flower-superlink") for arg in command[:2]):
+                parts["flower-superlink"] = pid
+    return parts
 
 
 def free_port() -> int:
@@ -172,29 +227,33 @@ def kill_tree(proc: subprocess.Popen) -> None:
 
 
 class Deployment:
-    """A SuperLink with TLS and node authentication on 127.0.0.1 and one registered SuperNode per site, all
-    started on enter and stopped (by PID, with their descendants) on exit.
+    """A server (`fedrt server start`: SuperLink with TLS and node authentication behind the proxy) on 127.0.0.1
+    and one registered SuperNode per site, all started on enter and stopped (by PID, with their descendants) on exit.
     """
 
     def __init__(self, tmp_path: Path, sites: dict[str, Path]):
         self.tmp_path, self.sites = tmp_path, sites
         self.certs = init_certificates(tmp_path / "certs", ["fl.example.org"])
-        self.settings = SuperLinkSettings(tmp_path / "state", tmp_path / "certs", "127.0.0.1", free_port())
+        self.settings = server_settings(tmp_path)
+        self.access = operator_access(tmp_path, self.endpoint)
         self.started: list[subprocess.Popen] = []
         self.nodes: dict[str, subprocess.Popen] = {}
         self.node_settings: dict[str, NodeSettings] = {}
 
     @property
     def endpoint(self) -> Endpoint:
-        """The SuperLink's loopback address."""
-        return Endpoint("127.0.0.1", self.settings.port)
+        """The server's public port on loopback."""
+        return self.settings.public
+
+    @property
+    def flags(self) -> list[str]:
+        """How an operator's command (`fedrt run`) reaches this server."""
+        return operator_flags(self.access)
 
     def __enter__(self) -> Deployment:
         try:
-            self.started.append(start_superlink(self.settings))
-            wait_until_listening(self.started[0], "127.0.0.1", self.settings.port,
-                                 self.settings.state_dir / "superlink.console.log")
-            with SuperLinkControl(self.endpoint, self.certs.ca_cert) as control:
+            self.started.append(start_server(self.settings, self.tmp_path / "server.log"))
+            with SuperLinkControl(self.access) as control:
                 for name, data in self.sites.items():
                     keys = create_node_keys(name, self.tmp_path / "keys")
                     control.register(keys.public_key, name)
@@ -220,15 +279,15 @@ class Deployment:
             time.sleep(0.5)
 
     def kill_superlink(self) -> None:
-        """Kill the SuperLink and the ServerApp it runs at once (SIGKILL by PID: the server machine crashed)."""
+        """Kill the server (SuperLink, proxy) and the ServerApp it runs at once (SIGKILL by PID: the server machine
+        crashed).
+        """
         kill_tree(self.started[0])
 
     def restart_superlink(self) -> None:
-        """Start the SuperLink again on the same port and state folder; wait until every site is back online."""
-        self.started[0] = start_superlink(self.settings)
-        wait_until_listening(self.started[0], "127.0.0.1", self.settings.port,
-                             self.settings.state_dir / "superlink.console.log")
-        with SuperLinkControl(self.endpoint, self.certs.ca_cert) as control:
+        """Start the server again on the same ports and state folder; wait until every site is back online."""
+        self.started[0] = start_server(self.settings, self.tmp_path / "server.log")
+        with SuperLinkControl(self.access) as control:
             self.wait_online(control, 120, "reconnect")
 
     def _start_node(self, name: str) -> None:

@@ -14,6 +14,7 @@ import pytest
 DICOM3TOOLS = "apt-get install dicom3tools (CI installs it in .ci/run)"
 PLASTIMATCH = "apt-get install plastimatch (CI installs it in .ci/run)"
 SYSTEMD = "apt-get install systemd, for systemd-analyze (CI installs it in .ci/run)"
+NGINX = "apt-get install nginx (the server's TLS proxy; CI installs it in .ci/run)"
 
 
 def missing(what: str, how: str) -> NoReturn:

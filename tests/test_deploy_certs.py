@@ -11,13 +11,16 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedrt.commands import certs as certs_command
 from protocols.errors import ConfigError, DataNotFoundError, DeploymentError, OutputError
 from server.certs import (
+    OPERATOR_UNIT,
     ServerFiles,
     create_node_keys,
     init_certificates,
+    issue_operator_credential,
     renew_server_certificate,
     verify_server_files,
 )
@@ -140,3 +143,28 @@ def test_certs_command_creates_files_and_refuses_overwrite(tmp_path, capsys):
     assert "site-b.pub" in printed and "SHA256:" in printed
     with pytest.raises(ConfigError, match="node name"):
         _cli(["certs", "node", "../escape", "--out", str(tmp_path / "keys")])
+
+
+def test_an_operator_credential_is_one_private_file_a_client_certificate_from_the_ca_marked_as_an_operators(tmp_path,
+                                                                                                            capsys):
+    files = init_certificates(tmp_path / "certs", ["fl.example.org"])
+    assert _cli(["certs", "operator", "alice", "--certs", str(tmp_path / "certs"), "--out", str(tmp_path / "op")]) == 0
+    path = tmp_path / "op" / "alice.pem"
+    assert f"--operator {path}" in capsys.readouterr().out
+    assert _mode(path) == 0o600
+    data = path.read_bytes()
+    cert = x509.load_pem_x509_certificate(data)
+    key = serialization.load_pem_private_key(data, password=None)
+    assert key.public_key() == cert.public_key()
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(files.ca_cert.read_bytes()))
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice"
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == OPERATOR_UNIT
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]  # it cannot serve as a server certificate
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    with pytest.raises(OutputError, match="--force"):
+        issue_operator_credential(tmp_path / "certs", "alice", tmp_path / "op")
+    with pytest.raises(ConfigError, match="operator name"):
+        issue_operator_credential(tmp_path / "certs", "../bob", tmp_path / "op")
+    with pytest.raises(DataNotFoundError, match="certs init"):
+        issue_operator_credential(tmp_path / "no-ca", "bob", tmp_path / "op")

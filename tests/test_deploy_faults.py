@@ -25,7 +25,7 @@ def test_run_completes_with_the_remaining_node_when_one_is_killed_mid_round(tmp_
     codes: list[int] = []
     with Deployment(tmp_path, two_sites(tmp_path, openkbp_root)) as deployment:
         submitted = threading.Thread(target=lambda: codes.append(fedrt_run(
-            [*overrides, "--superlink", str(deployment.endpoint), "--ca", str(deployment.certs.ca_cert)])))
+            [*overrides, *deployment.flags])))
         submitted.start()
         try:
             deployment.wait_for_app("site-b", timeout_s=180)  # site-b is working on round 1
@@ -66,7 +66,7 @@ def test_a_server_killed_mid_run_and_restarted_resumes_from_its_last_round_check
     overrides = smoke_overrides(tmp_path, server_data, rounds=3)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     with Deployment(tmp_path, two_sites(tmp_path, openkbp_root)) as deployment:
-        flags = ["--superlink", str(deployment.endpoint), "--ca", str(deployment.certs.ca_cert)]
+        flags = deployment.flags
         first: list[BaseException | int] = []
 
         def submit() -> None:
@@ -113,12 +113,12 @@ def test_a_node_unregistered_mid_round_ends_the_run_within_the_bounded_waits_nam
     codes: list[int] = []
     with Deployment(tmp_path, two_sites(tmp_path, openkbp_root)) as deployment:
         submitted = threading.Thread(target=lambda: codes.append(fedrt_run(
-            [*overrides, "--superlink", str(deployment.endpoint), "--ca", str(deployment.certs.ca_cert)])))
+            [*overrides, *deployment.flags])))
         submitted.start()
         try:
             run_id = wait_for_checkpoint(client, timeout_s=300)  # round 1 is done: every site gave its name
             deployment.wait_for_app("site-b", timeout_s=120)
-            with SuperLinkControl(deployment.endpoint, deployment.certs.ca_cert) as control:
+            with SuperLinkControl(deployment.access) as control:
                 control.unregister("site-b")
             lost_at = time.monotonic()
         finally:
@@ -146,14 +146,14 @@ def test_a_node_killed_and_restarted_at_once_rejoins_within_30_s_and_trains_the_
     codes: list[int] = []
     with Deployment(tmp_path, two_sites(tmp_path, openkbp_root)) as deployment:
         submitted = threading.Thread(target=lambda: codes.append(fedrt_run(
-            [*overrides, "--superlink", str(deployment.endpoint), "--ca", str(deployment.certs.ca_cert)])))
+            [*overrides, *deployment.flags])))
         submitted.start()
         try:
             run_id = wait_for_checkpoint(client, timeout_s=300)
             deployment.kill_node("site-b")
             deployment.restart_node("site-b")
             restarted = time.monotonic()
-            with SuperLinkControl(deployment.endpoint, deployment.certs.ca_cert) as control:
+            with SuperLinkControl(deployment.access) as control:
                 deployment.wait_online(control, 30, "rejoin within 30 s")
             rejoined_s = time.monotonic() - restarted
             assert deployment.nodes["site-b"].poll() is None, (tmp_path / "site-b.log").read_text()[-2000:]

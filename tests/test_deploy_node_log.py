@@ -19,6 +19,7 @@ from deploy_fixtures import free_port, insecure_superlink, start_node, wait_for
 
 from client.supernode import NodeSettings
 from server.nodes import SuperLinkControl
+from wire.control import ControlAccess
 from wire.processes import descendants, start_process, stop_process, stop_recorded
 from wire.supervise import LogRotation, daemon_logger, run_logged
 
@@ -46,7 +47,7 @@ def test_a_node_logs_timestamped_lines_in_its_state_folder_and_stops_on_sigterm_
         node = start_node(settings, tmp_path / "node.console.log")
         tree: list[tuple[int, int]] = []
         try:
-            with SuperLinkControl(endpoint, None, insecure=True) as control:
+            with SuperLinkControl(ControlAccess(endpoint, insecure=True)) as control:
                 wait_for(lambda: any(n.status == "online" for n in control.nodes()), 60, "the node online")
             tree = descendants(node.pid)
             assert any(b"flower-supernode" in _command_line(pid) for pid, _ in tree), "it runs under fedrt"

@@ -39,7 +39,7 @@ def test_a_broken_patient_name_and_the_data_path_never_reach_the_server(tmp_path
              "site-b": broken_site(tmp_path, openkbp_root)}
     overrides = [*smoke_overrides(tmp_path, server_data, rounds=1), "policy=raise", "tracking.register=true"]
     with Deployment(tmp_path, sites) as deployment:
-        code = fedrt_run([*overrides, "--superlink", str(deployment.endpoint), "--ca", str(deployment.certs.ca_cert)])
+        code = fedrt_run([*overrides, *deployment.flags])
     out = capsys.readouterr().out
     assert code != 0, out[-3000:]
     assert "site-b: site data invalid" in out and "only 1 of the 2 required sites" in out, out[-3000:]

@@ -26,7 +26,7 @@ def test_submitted_app_names_fedrts_installed_apps_and_installs_nothing():
         project = tomllib.loads(archive.read("pyproject.toml").decode())
     assert project["project"]["dependencies"] == []  # offline sites: nothing to download
     assert project["tool"]["flwr"]["app"]["components"] == {"serverapp": "server.deployed:app",
-                                                            "clientapp": "client.app:app"}
+                                                            "clientapp": "client.forwarder:app"}
     assert build_app_fab().hash_str == fab.hash_str  # the same app every time
 
 

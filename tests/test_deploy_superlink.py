@@ -1,6 +1,7 @@
-"""A real deployment on 127.0.0.1: ``flower-superlink`` with TLS and node authentication, nodes registered
-through its Control API, real ``flower-supernode`` processes joining (or refused), registrations kept across
-a server restart. Every process is started here and stopped here, by PID, in teardown.
+"""A real deployment on 127.0.0.1: ``fedrt server start`` (``flower-superlink`` with TLS and node authentication
+on loopback, behind the nginx proxy on the public port), nodes registered through its Control API with an
+operator's credential, real ``flower-supernode`` processes joining (or refused), registrations kept across a
+server restart. Every process is started here and stopped here, by PID, in teardown.
 """
 
 from __future__ import annotations
@@ -14,42 +15,54 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploy_fixtures import free_port, listening_sockets, start_node, wait_for
+from deploy_fixtures import (
+    free_port,
+    listening_sockets,
+    operator_access,
+    operator_flags,
+    server_parts,
+    server_settings,
+    start_node,
+    start_server,
+    wait_for,
+)
 
 from client.preflight import check_node_key, check_tls
 from client.supernode import NodeSettings
 from fedrt.commands import server as server_command
 from server.certs import create_node_keys, init_certificates
 from server.nodes import ControlError, SuperLinkControl
-from server.superlink import SuperLinkSettings, check_settings, start_superlink, superlink_command
+from server.superlink import SuperLinkSettings, check_settings, superlink_command
+from wire.control import ControlAccess
 from wire.endpoint import Endpoint
 from wire.processes import descendants, start_process, stop_process, wait_until_listening
 
 
 @dataclass
 class Deployment:
-    """A running SuperLink, its certificates, and the SuperNodes a test started (stopped at teardown)."""
+    """A running server, its certificates, an operator's access, and the SuperNodes a test started (stopped at
+    teardown).
+    """
 
     root: Path
     settings: SuperLinkSettings
-    superlink: subprocess.Popen
+    access: ControlAccess
+    server: subprocess.Popen | None
     supernodes: list[subprocess.Popen]
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint("127.0.0.1", self.settings.port)
+        return self.settings.public
 
     @property
     def ca(self) -> Path:
         return self.settings.certs_dir / "ca.crt"
 
     def start(self) -> None:
-        self.superlink = start_superlink(self.settings)
-        wait_until_listening(self.superlink, "127.0.0.1", self.settings.port,
-                             self.settings.state_dir / "superlink.console.log", timeout_s=60)
+        self.server = start_server(self.settings, self.root / "server.log")
 
     def control(self) -> SuperLinkControl:
-        return SuperLinkControl(self.endpoint, self.ca)
+        return SuperLinkControl(self.access)
 
     def node_keys(self, name: str):
         return create_node_keys(name, self.root / "keys")
@@ -68,30 +81,34 @@ class Deployment:
 def deployment(tmp_path_factory) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("deployment")
     init_certificates(root / "certs", ["fl.example.org"])
-    settings = SuperLinkSettings(root / "state", root / "certs", "127.0.0.1", free_port())
-    found = Deployment(root, settings, None, [])
+    settings = server_settings(root)
+    found = Deployment(root, settings, operator_access(root, settings.public), None, [])
     try:
         found.start()
         yield found
     finally:
         for proc in found.supernodes:
             stop_process(proc)
-        if found.superlink is not None:
-            stop_process(found.superlink)
+        if found.server is not None:
+            stop_process(found.server)
 
 
 def _flag(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
 
 
-def test_the_superlink_serves_tls_on_one_port_with_node_auth_and_persistent_state(deployment):
+def test_the_server_opens_one_tls_port_and_keeps_the_superlink_on_loopback(deployment):
     command = superlink_command(deployment.settings)
     assert {"--enable-supernode-auth", "--disable-runtime-dependency-installation"} <= set(command)
     assert "--insecure" not in command
+    assert _flag(command, "--host") == "127.0.0.1"
     assert _flag(command, "--database") == str(deployment.settings.database.resolve())
     assert _flag(command, "--ssl-certfile").endswith("server.crt")
     assert deployment.settings.database.exists()
-    assert listening_sockets(deployment.superlink.pid) == {("127.0.0.1", deployment.settings.port)}
+    parts = server_parts(deployment.server)
+    assert listening_sockets(parts["nginx"]) == {("127.0.0.1", deployment.settings.port)}
+    assert listening_sockets(parts["flower-superlink"]) == {("127.0.0.1", deployment.settings.internal_port)}
+    assert listening_sockets(deployment.server.pid) == set()
     tls = check_tls(deployment.endpoint, deployment.ca)
     assert tls.status == "ok" and "TLSv1.3" in tls.message
 
@@ -108,9 +125,10 @@ def test_a_registered_node_passes_the_key_check_joins_and_is_listed_online(deplo
         node = wait_for(lambda: (n := control.find("site-a")).status == "online" and n, 60, "site-a online")
         assert node.node_id == registered.node_id
         assert proc.poll() is None, log.read_text()
-        # the node opens no port to the network: only its ClientApp runtime API, on loopback
-        listening = {found for pid in (proc.pid, *(pid for pid, _ in descendants(proc.pid)))
-                     for found in listening_sockets(pid)}
+        # the node opens no port to the network: only its ClientApp runtime API, on loopback (once the SuperNode
+        # runs: the node's own check-in before it starts shows it online for a moment too)
+        listening = wait_for(lambda: {found for pid in (proc.pid, *(pid for pid, _ in descendants(proc.pid)))
+                                      for found in listening_sockets(pid)}, 60, "the SuperNode's runtime API")
         assert {address for address, _ in listening} == {"127.0.0.1"}
         with pytest.raises(ControlError, match="already registered"):
             control.register(keys.public_key, "site-a-again")
@@ -144,12 +162,12 @@ def test_unregistering_a_hospital_disconnects_its_running_node(deployment):
 def test_server_nodes_command_lists_names_and_status(deployment, capsys):
     parser = argparse.ArgumentParser()
     server_command.register(parser.add_subparsers())
-    args = parser.parse_args(["server", "nodes", "--superlink", str(deployment.endpoint), "--ca", str(deployment.ca)])
+    flags = operator_flags(deployment.access)
+    args = parser.parse_args(["server", "nodes", *flags])
     assert args.run(args) == 0
     out = capsys.readouterr().out
     assert "site-a" in out and "SHA256:" in out
-    args = parser.parse_args(["server", "unregister", "no-such-site", "--superlink", str(deployment.endpoint),
-                              "--ca", str(deployment.ca)])
+    args = parser.parse_args(["server", "unregister", "no-such-site", *flags])
     with pytest.raises(ControlError, match="no registered node named 'no-such-site'"):
         args.run(args)
 
@@ -158,7 +176,7 @@ def test_registrations_survive_a_server_restart(deployment):
     with deployment.control() as control:
         before = {n.name: n.node_id for n in control.nodes()}
     assert "site-a" in before
-    stop_process(deployment.superlink)
+    stop_process(deployment.server)
     deployment.start()
     with deployment.control() as control:
         assert {n.name: n.node_id for n in control.nodes()} == before
@@ -199,7 +217,7 @@ def test_start_commands_become_the_daemons_and_an_insecure_local_setup_says_so(t
                                       f"127.0.0.1:{port}", "--data", str(tmp_path / "data"), "--runtime-port",
                                       str(free_port()), "--state", str(tmp_path / "node")], dict(os.environ),
                                      tmp_path / "node.log"))
-        with SuperLinkControl(Endpoint("127.0.0.1", port), None, insecure=True) as control:
+        with SuperLinkControl(ControlAccess(Endpoint("127.0.0.1", port), insecure=True)) as control:
             wait_for(lambda: any(n.status == "online" for n in control.nodes()), 60, "the insecure node online")
     finally:
         for proc in reversed(started):

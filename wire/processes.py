@@ -6,6 +6,7 @@ and stop exactly the processes one started (its process group and recorded desce
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -49,13 +50,24 @@ def flower_environment(flwr_home: Path | None = None) -> dict[str, str]:
     return env
 
 
-def start_process(command: Sequence[str], env: dict[str, str], log_path: Path,
-                  cwd: Path | None = None) -> subprocess.Popen:
-    """Start ``command`` in its own process group (in ``cwd``), its output appended to ``log_path``."""
+PR_SET_PDEATHSIG = 1  # prctl(2): set the signal a process gets when its parent dies
+
+
+def _sigterm_with_parent() -> None:
+    """In a child before it runs its program: ask Linux to send it SIGTERM when its parent dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_process(command: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path | None = None,
+                  with_parent: bool = False) -> subprocess.Popen:
+    """Start ``command`` in its own process group (in ``cwd``), its output appended to ``log_path``;
+    ``with_parent``: it gets SIGTERM when this process dies (the parts of one service go together).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(list(command), env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_sigterm_with_parent if with_parent else None)
 
 
 def wait_until_listening(proc: subprocess.Popen, host: str, port: int, log_path: Path,
@@ -86,22 +98,42 @@ def exec_process(command: Sequence[str], env: dict[str, str], cwd: Path | None =
     os.execve(command[0], list(command), env)
 
 
-def _proc_stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, start time) of a live process from /proc, None when it is gone."""
+def _proc_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, parent, group, ...), None when it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[1]), int(fields[19])
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time) of a live process from /proc, None when it is gone."""
+    fields = _proc_fields(pid)
+    return None if fields is None else (int(fields[1]), int(fields[19]))
+
+
+def _live_processes() -> list[tuple[int, list[str]]]:
+    """Every live process as (pid, its /proc stat fields)."""
+    found = [(int(e.name), _proc_fields(int(e.name))) for e in Path("/proc").iterdir() if e.name.isdigit()]
+    return [(pid, fields) for pid, fields in found if fields is not None]
+
+
+def _orphans(leader: int) -> list[tuple[int, int]]:
+    """The processes left in the process group of ``leader``, an exited and reaped group leader, as (pid, start
+    time). While the group has members Linux gives no new process the leader's PID, so a live process with that PID
+    means a new one: the group is gone and nothing is ours.
+    """
+    if _proc_fields(leader) is not None:
+        return []
+    return [(pid, int(fields[19])) for pid, fields in _live_processes() if int(fields[2]) == leader]
 
 
 def descendants(pid: int) -> list[tuple[int, int]]:
     """Every live descendant of ``pid`` as (pid, start time); the start time guards against PID reuse."""
     children: dict[int, list[tuple[int, int]]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _proc_stat(int(entry.name))) is not None:
-            children.setdefault(stat[0], []).append((int(entry.name), stat[1]))
+    for child, fields in _live_processes():
+        children.setdefault(int(fields[1]), []).append((child, int(fields[19])))
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -123,9 +155,10 @@ def _signal_if_same(pid: int, start: int, sig: int) -> bool:
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> int:
     """Stop a process started by :func:`start_process` and everything it started: SIGTERM to its process
-    group, SIGKILL after ``timeout_s``, then the same for descendants that left the group. Returns its exit code.
+    group, SIGKILL after ``timeout_s``, then the same for descendants that left the group, or, when it exited
+    already, for what it left in its group (nginx's workers outlive a killed master). Returns its exit code.
     """
-    spawned = descendants(proc.pid) if proc.poll() is None else []
+    spawned = descendants(proc.pid) if proc.poll() is None else _orphans(proc.pid)
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -155,8 +188,5 @@ def stop_recorded(processes: list[tuple[int, int]], timeout_s: float = 10.0) -> 
 
 
 def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2:].split()[0] == "Z"
+    fields = _proc_fields(pid)
+    return fields is None or fields[0] == "Z"

@@ -1,12 +1,21 @@
-"""``fedrt certs``: the federation's CA and server certificate (``init``, ``renew``) and a node's key pair
-(``node``), written with safe permissions and never over existing files unless ``--force``.
+"""``fedrt certs``: the federation's CA and server certificate (``init``, ``renew``), an operator's Control API
+credential (``operator``) and a node's key pair (``node``), written with safe permissions and never over existing
+files unless ``--force``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from server.certs import CA_DAYS, SERVER_DAYS, create_node_keys, init_certificates, renew_server_certificate
+from server.certs import (
+    CA_DAYS,
+    OPERATOR_DAYS,
+    SERVER_DAYS,
+    create_node_keys,
+    init_certificates,
+    issue_operator_credential,
+    renew_server_certificate,
+)
 from wire.identity import key_fingerprint, load_node_private_key
 
 
@@ -28,6 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="DNS name(s) and IP address(es) of the server")
     renew.add_argument("--days", type=int, default=SERVER_DAYS, help=f"validity (default {SERVER_DAYS})")
     renew.set_defaults(run=run_renew)
+    operator = sub.add_parser("operator", help="issue an operator's credential for the Control API (NAME.pem)",
+                              description="Signs a TLS client certificate with the federation's CA (run where "
+                                          "ca.key is). The server's proxy passes Control API calls (register, "
+                                          "list, submit, stop) only with it: `--operator NAME.pem`.")
+    operator.add_argument("name", help="the operator's name, e.g. alice (shown in the server's control-access.log)")
+    operator.add_argument("--certs", required=True, help="the folder of `certs init` (holding ca.crt and ca.key)")
+    operator.add_argument("--out", required=True, help="folder for NAME.pem (key and certificate, owner-only)")
+    operator.add_argument("--days", type=int, default=OPERATOR_DAYS, help=f"validity (default {OPERATOR_DAYS})")
+    operator.add_argument("--force", action="store_true", help="replace an existing NAME.pem")
+    operator.set_defaults(run=run_operator)
     node = sub.add_parser("node", help="create a node key pair (NAME.key stays at the hospital, NAME.pub is sent)")
     node.add_argument("name", help="the site's pseudonymous name, e.g. site-a")
     node.add_argument("--out", required=True, help="folder for NAME.key and NAME.pub")
@@ -46,6 +65,13 @@ def run_init(args: argparse.Namespace) -> int:
 def run_renew(args: argparse.Namespace) -> int:
     files = renew_server_certificate(args.out, args.host, days=args.days)
     print(f"new server certificate {files.server_cert}; restart the server to use it (hospitals change nothing)")
+    return 0
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    path = issue_operator_credential(args.certs, args.name, args.out, force=args.force, days=args.days)
+    print(f"operator credential: {path} (secret, owner-only: key and client certificate, valid {args.days} days); "
+          f"give it to the operator's commands as --operator {path}")
     return 0
 
 

@@ -1,13 +1,13 @@
-"""``fedrt run [overrides] --superlink HOST:PORT --ca CA.crt``: submit a federated training run to a deployment
-and follow it (progress and one summary per round, as the server's ServerApp prints them).
+"""``fedrt run [overrides] --superlink HOST:PORT --ca CA.crt --operator NAME.pem``: submit a federated training
+run to a deployment and follow it (progress and one summary per round, as the server's ServerApp prints them).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from fedrt.commands.server import add_connection_arguments, control_access
 from fedrt.config import add_override_arguments, composed
 
 
@@ -20,24 +20,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(relative ones land in the SuperLink's state folder). Each hospital trains on the data of "
                     "its own `fedrt node start --data`.")
     add_override_arguments(parser)
-    parser.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address")
-    parser.add_argument("--ca", type=Path, help="the federation's ca.crt (from `fedrt certs init`)")
-    parser.add_argument("--insecure", action="store_true", help="a local test server without TLS")
+    add_connection_arguments(parser)
     parser.add_argument("--detach", action="store_true", help="submit and return; do not follow the run")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from protocols.errors import ConfigError
     from server.submit import submit_run
-    from wire.endpoint import Endpoint
 
-    if not args.insecure and args.ca is None:
-        raise ConfigError("give --ca CA.crt (the federation's ca.crt from `fedrt certs init`)")
     if composed(args) is None:  # a bad override fails here, before anything is submitted
         return 0
-    result = submit_run(Endpoint.parse(args.superlink), args.ca, args.overrides, args.insecure,
-                        follow=not args.detach)
+    result = submit_run(control_access(args), args.overrides, follow=not args.detach)
     if args.detach:
         print(f"run {result.run_id}: {result.status}; its progress goes to the ServerApp's output on the server")
         return 0
