@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import time
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -25,7 +26,18 @@ from models.weights import set_weights
 from protocols.errors import DeploymentError
 from wire.failures import NO_USABLE_DATA
 from wire.plan import SitePlan, decode_plan
-from wire.records import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PROXIMAL_MU, SERVER_ROUND, SITE, SITE_NAME
+from wire.records import (
+    ARRAYS,
+    CONFIG,
+    EVAL_SECONDS,
+    METRICS,
+    NUM_EXAMPLES,
+    PROXIMAL_MU,
+    SERVER_ROUND,
+    SITE,
+    SITE_NAME,
+    TRAIN_SECONDS,
+)
 from wire.sites import own_site_name
 
 OPTIMIZER_KEY = "fedrt-optimizer"  # the site's AdamW state in the node's Context.state; it never leaves the node
@@ -93,7 +105,7 @@ def make_client_app(locate: Locator | None = None) -> ClientApp:
                             optimizer_state=_kept_optimizer(context, plan))
         _keep_optimizer(context, plan, result.optimizer_state)
         metrics = {NUM_EXAMPLES: result.num_examples, "train_loss": result.loss,
-                   "train_seconds": result.seconds, "train_steps": result.steps}
+                   TRAIN_SECONDS: result.seconds, "train_steps": result.steps}
         return _reply(msg, context, metrics, ArrayRecord(network.state_dict()))
 
     @app.query()
@@ -106,10 +118,12 @@ def make_client_app(locate: Locator | None = None) -> ClientApp:
         plan, data = _site(msg, context, locate)
         if not data.val:
             return _reply(msg, context, {NUM_EXAMPLES: 0})
+        start = time.perf_counter()
         network = _network(plan, msg.content[ARRAYS])
         scores = loop.evaluate(network, plan.task, data.val)
         metrics = {k: scores[k] for k in plan.task.site_metrics}
-        return _reply(msg, context, {**metrics, NUM_EXAMPLES: len(data.val)})
+        return _reply(msg, context, {**metrics, NUM_EXAMPLES: len(data.val),
+                                     EVAL_SECONDS: time.perf_counter() - start})
 
     return app
 

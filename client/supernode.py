@@ -43,6 +43,7 @@ class NodeSettings:
     state_dir: Path | None = None
     insecure: bool = False
     log_rotation: LogRotation = field(default_factory=LogRotation)
+    worker: bool = True  # run the warm worker (``client.worker``) beside the SuperNode
 
     @property
     def home(self) -> Path:
@@ -76,12 +77,13 @@ def _toml_string(key: str, value: str) -> str:
 
 
 def node_config(settings: NodeSettings) -> str:
-    """The ``--node-config`` string: the dataset folder, the protocol, the warm worker's socket and (when set)
-    the site's name.
+    """The ``--node-config`` string: the dataset folder, the protocol, the warm worker's socket (unless it runs
+    without one) and (when set) the site's name.
     """
     pairs = [_toml_string(DATA_CONFIG, str(settings.data.expanduser().resolve())),
-             _toml_string("protocol", settings.protocol),
-             _toml_string(WORKER_CONFIG, str(settings.worker_socket.resolve()))]
+             _toml_string("protocol", settings.protocol)]
+    if settings.worker:
+        pairs.append(_toml_string(WORKER_CONFIG, str(settings.worker_socket.resolve())))
     if settings.site_name:
         pairs.append(_toml_string(NAME_CONFIG, settings.site_name))
     return " ".join(pairs)
@@ -152,4 +154,4 @@ def run_supernode(settings: NodeSettings) -> int:
         end_previous_session(str(settings.superlink), settings.ca, settings.key, settings.state_dir)
     log.info(f"fedrt node: SuperNode connecting out to {settings.superlink}; data {settings.data} "
              f"(protocol {settings.protocol}); no inbound port is opened; log {settings.log_file}")
-    return run_logged(supernode_command(settings), env, log, [worker(settings)])
+    return run_logged(supernode_command(settings), env, log, [worker(settings)] if settings.worker else [])

@@ -25,7 +25,7 @@ from server.federation import FederationOutcome, open_run, run_recorded
 from server.journal import FAILED, FINISHED, JOURNAL_DIR, JournalEntry, RunJournal, absolute_uri
 from server.rounds import RoundReport
 from server.tracking import Tracker
-from wire.records import NUM_EXAMPLES
+from wire.records import NOT_SCORES
 
 OVERRIDES_KEY = "overrides"  # run config: Hydra overrides, shell-quoted (``fedrt run``, ``flwr run --run-config``)
 CONFIG_KEY = "config"  # run config: the whole composed config as JSON (``fedrt simulate``); wins over overrides
@@ -86,7 +86,7 @@ def round_summary(report: RoundReport, rounds: int) -> str:
     """One line per finished round, timestamped: loss, server and site scores, time, sites answering, rejections."""
     loss = report.train_metrics.get("train_loss", float("nan"))
     scores = report.server_metrics or report.evaluate_metrics
-    shown = " ".join(f"{k}={v:.4f}" for k, v in scores.items() if k != NUM_EXAMPLES and not k.startswith("hd95"))
+    shown = " ".join(f"{k}={v:.4f}" for k, v in scores.items() if k not in NOT_SCORES and not k.startswith("hd95"))
     rejected = f", rejected: {'; '.join(f'{k} ({v})' for k, v in report.rejected.items())}" if report.rejected else ""
     return (f"{time.strftime('%Y-%m-%d %H:%M:%S')} fedrt round {report.server_round}/{rounds}: "
             f"train_loss={loss:.4f} {shown} ({report.seconds:.1f} s, "

@@ -33,7 +33,7 @@ from server.strategies import ScreenedStrategy, build_strategy
 from server.strategies.privacy import PrivateStrategy, with_privacy
 from server.tracking import CHECKPOINT_FILE, Tracker, model_name
 from wire.plan import encode_plan
-from wire.records import NUM_EXAMPLES, PLAN
+from wire.records import NOT_SCORES, PLAN
 
 log = logging.getLogger(__name__)
 
@@ -217,5 +217,5 @@ def _last_scores(reports: list[RoundReport]) -> dict[str, Any]:
     for report in reversed(reports):
         scores = report.server_metrics or report.evaluate_metrics
         if scores:
-            return {k: v for k, v in scores.items() if k != NUM_EXAMPLES}
+            return {k: v for k, v in scores.items() if k not in NOT_SCORES}
     return {}

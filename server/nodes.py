@@ -25,7 +25,9 @@ from wire.identity import key_fingerprint
 NIST_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 _FIXES = {
     22: "the SuperLink rejected the key; create node keys with `fedrt certs node NAME --out DIR`",
-    23: "this key is already registered (see `fedrt server nodes`); a key registers once",
+    23: ("this key is already registered, or was registered once and then unregistered: Flower (1.42) never frees a "
+         "key it has seen. If `fedrt server nodes` lists it, it is registered; otherwise the hospital creates a new "
+         "key pair (`fedrt certs node NAME --out DIR`) and you register its new .pub"),
     24: "no such node (see `fedrt server nodes`)",
 }
 

@@ -22,6 +22,7 @@ from server.strategies import ScreenedStrategy
 from server.strategies.privacy import PrivateStrategy
 from server.validation import Screened
 from wire.failures import FAILURES, NO_REPLY, NODE_LOST, failure_error
+from wire.records import EVAL_SECONDS, TRAIN_SECONDS
 from wire.sites import node_digest_name, reply_site_name
 
 log = logging.getLogger(__name__)
@@ -30,14 +31,16 @@ MIN_TTL_S = 1.0  # Flower refuses to send a message whose time-to-live is not po
 
 @dataclass
 class RoundReport:
-    """What happened in one round; ``seconds`` covers training and evaluation, ``train_phase_s`` training only;
-    ``sequential``: the sites trained one after another (strategy=cyclic), not at once.
+    """What happened in one round; ``seconds`` covers training and evaluation, ``train_phase_s`` training only,
+    ``server_eval_s`` the server's own evaluation; ``sequential``: the sites trained one after another
+    (strategy=cyclic), not at once.
     """
 
     server_round: int
     sequential: bool = False
     seconds: float = 0.0
     train_phase_s: float = 0.0
+    server_eval_s: float = 0.0
     bytes_sent: int = 0
     bytes_received: int = 0
     train_metrics: dict[str, float] = field(default_factory=dict)
@@ -51,17 +54,29 @@ class RoundReport:
     @property
     def slowest_site_train_s(self) -> float:
         """Training time of the slowest accepted site: the part of the round the framework cannot cut."""
-        return max((m.get("train_seconds", 0.0) for m in self.site_train.values()), default=0.0)
+        return max((m.get(TRAIN_SECONDS, 0.0) for m in self.site_train.values()), default=0.0)
 
     @property
     def site_train_total_s(self) -> float:
         """All accepted sites' training time added up."""
-        return sum(m.get("train_seconds", 0.0) for m in self.site_train.values())
+        return sum(m.get(TRAIN_SECONDS, 0.0) for m in self.site_train.values())
 
     @property
     def required_train_s(self) -> float:
         """The training time the round cannot be shorter than: the slowest site's, or all sites' in a relay."""
         return self.site_train_total_s if self.sequential else self.slowest_site_train_s
+
+    @property
+    def slowest_site_eval_s(self) -> float:
+        """Evaluation time of the slowest site that evaluated."""
+        return max((m.get(EVAL_SECONDS, 0.0) for m in self.site_evaluate.values()), default=0.0)
+
+    @property
+    def overhead_s(self) -> float:
+        """The round's time beyond the work it cannot skip (training, the sites' and the server's evaluation):
+        what the framework costs, the evaluation step included.
+        """
+        return max(self.seconds - self.required_train_s - self.slowest_site_eval_s - self.server_eval_s, 0.0)
 
 
 class NodesLostError(DeploymentError):
@@ -192,7 +207,9 @@ def run_rounds(strategy: ScreenedStrategy | PrivateStrategy, grid: Grid, arrays:
             report.site_evaluate = _site_metrics(strategy.screened.get("evaluate"))
             report.rejected.update({f"evaluate/{k}": v for k, v in strategy.screened["evaluate"].rejected.items()})
         if evaluate_fn is not None:
+            evaluated = time.perf_counter()
             report.server_metrics = _scalars(evaluate_fn(server_round, arrays))
+            report.server_eval_s = time.perf_counter() - evaluated
         report.seconds = time.perf_counter() - start
         if on_round is not None:
             on_round(report, arrays)

@@ -11,9 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-from protocols.errors import DeploymentError
+from protocols.errors import DeploymentError, FedrtError
+from server.certs import ServerFiles
+from server.journal import JOURNAL_DIR, RunJournal
 from server.proxy import nginx_executable, proxy_folder, start_proxy
+from server.resume import resume_interrupted
 from server.superlink import SuperLinkSettings, check_settings, run_superlink, start_superlink
+from wire.control import ControlAccess
 from wire.endpoint import Endpoint
 from wire.processes import stop_process, wait_until_listening
 
@@ -44,6 +48,20 @@ def _supervise(parts: list[tuple[str, subprocess.Popen, Path]]) -> None:
         time.sleep(0.5)
 
 
+def _resume(settings: SuperLinkSettings) -> None:
+    """Resume the runs the server's previous life left unfinished (``server.resume``); a failure to do so is
+    reported and the server keeps serving (the run can still be resumed by hand with ``resume=<id>``).
+    """
+    journal = RunJournal((settings.workdir or settings.state_dir) / JOURNAL_DIR)
+    access = ControlAccess(Endpoint(*_dial(settings.superlink)), ServerFiles.under(settings.certs_dir).ca_cert,
+                           local=True)
+    try:
+        for run_id in resume_interrupted(journal, access):
+            print(f"fedrt server: resumed an interrupted run as run {run_id}", file=sys.stderr, flush=True)
+    except FedrtError as error:
+        print(f"fedrt server: could not resume the interrupted runs: {error}", file=sys.stderr, flush=True)
+
+
 def run_server(settings: SuperLinkSettings) -> int:
     """Run the server in the foreground (for a service manager) until a stop signal: 0, or an error when a part
     exits by itself.
@@ -65,6 +83,7 @@ def run_server(settings: SuperLinkSettings) -> int:
         print(f"fedrt server: public port {settings.public} (TLS; nginx): /v1/fleet/ for the hospitals' nodes, "
               f"/v1/control/ for operator credentials only, nothing else; the SuperLink on {settings.superlink} "
               f"(loopback only); state in {settings.state_dir}", file=sys.stderr, flush=True)
+        _resume(settings)
         _supervise(parts)
     except _Stopped as stop:
         print(f"fedrt server: {stop} received; stopping the proxy and the SuperLink", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Submit a fedrt federated run to a running SuperLink over TLS (the Control API call ``flwr run`` makes) and
-follow it: stream the ServerApp's output (progress, one summary per round) until the run ends, then report
-how it ended. The submitted Flower app names the installed fedrt's apps and installs nothing (offline sites).
+follow it (``server.follow``): stream the ServerApp's output (progress, one summary per round) until the run
+ends, across a server restart, then report how it ended.
+The submitted Flower app names the installed fedrt's apps and installs nothing (offline sites).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import hashlib
 import logging
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -17,13 +17,13 @@ from typing import TextIO
 import httpx
 from flwr.cli.build import build_fab_from_disk
 from flwr.common.serde import fab_to_proto, user_config_to_proto
-from flwr.proto.control_pb2 import ListRunsRequest, StartRunRequest, StreamLogsRequest
+from flwr.proto.control_pb2 import StartRunRequest
 from flwr.proto.federation_config_pb2 import SimulationConfig
-from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.fab import Fab
 
 from protocols.errors import DeploymentError
 from server.deployed import DEPLOYED_APPS, OVERRIDES_KEY, encode_overrides, write_app_definition
+from server.follow import RunResult, follow_run, run_status
 from wire.connection import connection_failure
 from wire.control import ControlAccess
 
@@ -39,31 +39,11 @@ class SubmittedApp:
     simulation: SimulationConfig | None = None
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """How a submitted run ended: Flower's run id, status (``finished``) and sub-status (``completed``, ...)."""
-
-    run_id: int
-    status: str
-    sub_status: str
-    details: str
-
-    @property
-    def completed(self) -> bool:
-        """Whether the ServerApp ran to its end without an error."""
-        return self.status == "finished" and self.sub_status == "completed"
-
-
 def build_app_fab(components: tuple[str, str] = DEPLOYED_APPS, config: dict[str, str] | None = None) -> Fab:
     """The Flower app (FAB) fedrt submits: its definition only; the code is the fedrt installed at each site."""
     with tempfile.TemporaryDirectory(prefix="fedrt-app-") as tmp:
         content = build_fab_from_disk(write_app_definition(Path(tmp) / "fedrt", components, config))
     return Fab(hashlib.sha256(content).hexdigest(), content, {})
-
-
-def _status(client: ControlHttpClient, run_id: int) -> RunResult:
-    run = client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]
-    return RunResult(run_id, run.status.status, run.status.sub_status, run.status.details)
 
 
 def submit_run(access: ControlAccess, overrides: list[str], follow: bool = True, out: TextIO | None = None,
@@ -89,12 +69,19 @@ def submit_run(access: ControlAccess, overrides: list[str], follow: bool = True,
         run_id = response.run_id
         print(f"fedrt: submitted run {run_id} to {access.endpoint}", file=out, flush=True)
         if not follow:
-            return _status(client, run_id)
-        for chunk in client.StreamLogs(StreamLogsRequest(run_id=run_id, after_timestamp=0.0)):
-            out.write(chunk.log_output)
-            out.flush()
-        while (result := _status(client, run_id)).status != "finished":
-            time.sleep(poll_s)
-        return result
+            return run_status(client, run_id)
     finally:
         client.close()
+    return follow_run(access.client, run_id, out, poll_s)
+
+
+def attach_run(access: ControlAccess, run_id: int, out: TextIO | None = None) -> RunResult:
+    """Follow run ``run_id``, already submitted, to its end (``fedrt run --follow``)."""
+    client = access.client()
+    try:
+        run_status(client, run_id)  # an unknown run is an error now, not a silent wait
+    except httpx.TransportError as exc:
+        raise DeploymentError(connection_failure(access.endpoint, access.ca, access.insecure, exc)) from exc
+    finally:
+        client.close()
+    return follow_run(access.client, run_id, out or sys.stdout)

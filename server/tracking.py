@@ -123,14 +123,18 @@ class Tracker:
         for site, values in report.site_evaluate.items():
             metrics |= {f"site/{site}/local_val/{k}": v for k, v in values.items()}
         metrics |= report.privacy
-        overhead_s = max(report.train_phase_s - report.required_train_s, 0.0)
+        train_overhead_s = max(report.train_phase_s - report.required_train_s, 0.0)
         metrics |= {
             "round/seconds": report.seconds,
             "round/train_phase_s": report.train_phase_s,
             "round/slowest_site_train_s": report.slowest_site_train_s,
             "round/site_train_total_s": report.site_train_total_s,
-            "round/overhead_s": overhead_s,
-            "round/overhead_fraction": overhead_s / report.train_phase_s if report.train_phase_s else 0.0,
+            "round/slowest_site_eval_s": report.slowest_site_eval_s,
+            "round/server_eval_s": report.server_eval_s,
+            "round/train_overhead_s": train_overhead_s,
+            "round/train_overhead_fraction": train_overhead_s / report.train_phase_s if report.train_phase_s else 0.0,
+            "round/overhead_s": report.overhead_s,
+            "round/overhead_fraction": report.overhead_s / report.seconds if report.seconds else 0.0,
             "round/bytes_sent": report.bytes_sent,
             "round/bytes_received": report.bytes_received,
             "round/sites_accepted": len(report.site_train),

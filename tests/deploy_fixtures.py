@@ -48,6 +48,8 @@ def start_node(settings: NodeSettings, log_path: Path) -> subprocess.Popen:
             flags += [flag, str(value)]
     if settings.insecure:
         flags.append("--insecure")
+    if not settings.worker:
+        flags.append("--no-worker")
     return start_process([sys.executable, "-m", "fedrt.cli", "node", "start", *flags], dict(os.environ), log_path)
 
 
@@ -229,10 +231,11 @@ def kill_tree(proc: subprocess.Popen) -> None:
 class Deployment:
     """A server (`fedrt server start`: SuperLink with TLS and node authentication behind the proxy) on 127.0.0.1
     and one registered SuperNode per site, all started on enter and stopped (by PID, with their descendants) on exit.
+    ``worker``: the nodes run their warm worker (``fedrt node start`` without ``--no-worker``).
     """
 
-    def __init__(self, tmp_path: Path, sites: dict[str, Path]):
-        self.tmp_path, self.sites = tmp_path, sites
+    def __init__(self, tmp_path: Path, sites: dict[str, Path], worker: bool = True):
+        self.tmp_path, self.sites, self.worker = tmp_path, sites, worker
         self.certs = init_certificates(tmp_path / "certs", ["fl.example.org"])
         self.settings = server_settings(tmp_path)
         self.access = operator_access(tmp_path, self.endpoint)
@@ -258,7 +261,8 @@ class Deployment:
                     keys = create_node_keys(name, self.tmp_path / "keys")
                     control.register(keys.public_key, name)
                     node = NodeSettings(self.endpoint, self.certs.ca_cert, keys.private_key, data, site_name=name,
-                                        runtime_port=free_port(), state_dir=self.tmp_path / f"{name}-state")
+                                        runtime_port=free_port(), state_dir=self.tmp_path / f"{name}-state",
+                                        worker=self.worker)
                     self.node_settings[name] = node
                     self._start_node(name)
                 self.wait_online(control, 60, "come online")

@@ -1,10 +1,13 @@
 """End to end through Flower's deployment engine on 127.0.0.1: a SuperLink with TLS and node authentication,
 two registered SuperNodes on their own real OpenKBP patients, and ``fedrt run`` submitting fedrt's own Flower
-app (``server.deployed:app`` + ``client.forwarder:app``) for 2 rounds at smoke size, followed to its end and recorded
-in MLflow by the ServerApp. Every process is started and stopped here, by PID.
+app (``server.deployed:app`` + ``client.forwarder:app``) for 2 rounds at smoke size, detached, then attached to
+with ``fedrt run --follow`` and followed to its end, recorded in MLflow by the ServerApp. Every process is started
+and stopped here, by PID.
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from deploy_fixtures import Deployment, fedrt_run, link_site, smoke_overrides, two_sites
@@ -16,7 +19,9 @@ def test_fedrt_run_trains_two_tls_authenticated_nodes_two_rounds_recorded_in_mlf
     server_data = link_site(tmp_path / "server-data", openkbp_root, ["pt_5"], ["pt_203"])
     sites = two_sites(tmp_path, openkbp_root)
     with Deployment(tmp_path, sites) as deployment:
-        code = fedrt_run([*smoke_overrides(tmp_path, server_data), *deployment.flags])
+        assert fedrt_run([*smoke_overrides(tmp_path, server_data), *deployment.flags, "--detach"]) == 0
+        run_id = re.search(r"fedrt run --follow (\d+) ", capsys.readouterr().out).group(1)
+        code = fedrt_run(["--follow", run_id, *deployment.flags])  # attach to the detached run
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     # followed: progress and a per-round summary naming both sites, then the outcome

@@ -1,7 +1,8 @@
 """Faults in a real deployment on 127.0.0.1 (TLS, node authentication, 2 SuperNodes, ``fedrt run``): a node
-killed mid-run does not stop the run when ``federation.min_*_nodes`` allow the nodes that remain; a server
-killed mid-run and restarted resumes the run from its last round checkpoint with ``resume=<MLflow run id>``.
-Every process is started and stopped here, by PID.
+killed mid-run does not stop the run when ``federation.min_*_nodes`` allow the nodes that remain; a server killed
+mid-run and restarted resumes the run by itself while ``fedrt run`` keeps following; a node unregistered mid-round
+ends the run within the bounded waits, named; a node killed and restarted at once rejoins and trains. Every process
+is started and stopped here, by PID.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from deploy_fixtures import Deployment, fedrt_run, link_site, smoke_overrides, t
 from mlflow import MlflowClient
 
 from server.nodes import SuperLinkControl
+from server.resume import RESUMED_TAG
 
 
 @pytest.mark.slow
@@ -60,41 +62,34 @@ def wait_for_checkpoint(client: MlflowClient, timeout_s: float) -> str:
 
 
 @pytest.mark.slow
-def test_a_server_killed_mid_run_and_restarted_resumes_from_its_last_round_checkpoint(tmp_path, openkbp_root,
-                                                                                        capsys):
+def test_a_server_killed_mid_run_and_restarted_resumes_the_run_by_itself_and_fedrt_run_follows_it(tmp_path,
+                                                                                                  openkbp_root,
+                                                                                                  capsys):
+    """SIGKILL of the whole server after round 1 of 3: the restarted server resumes the run from its round
+    checkpoint without a ``resume=``, records that in the MLflow run, and the one ``fedrt run`` keeps following.
+    """
     server_data = link_site(tmp_path / "server-data", openkbp_root, ["pt_5"], ["pt_203"])
     overrides = smoke_overrides(tmp_path, server_data, rounds=3)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    codes: list[int] = []
     with Deployment(tmp_path, two_sites(tmp_path, openkbp_root)) as deployment:
-        flags = deployment.flags
-        first: list[BaseException | int] = []
-
-        def submit() -> None:
-            try:
-                first.append(fedrt_run([*overrides, *flags]))
-            except BaseException as exc:  # the follower loses its server: that is the point
-                first.append(exc)
-
-        submitted = threading.Thread(target=submit)
+        submitted = threading.Thread(target=lambda: codes.append(fedrt_run([*overrides, *deployment.flags])))
         submitted.start()
         try:
             run_id = wait_for_checkpoint(client, timeout_s=300)
             deployment.kill_superlink()
+            assert submitted.is_alive()  # the follower waits for the server to come back
+            deployment.restart_superlink()
         finally:
-            submitted.join(timeout=120)
-        assert not submitted.is_alive() and first and first[0] != 0
-        assert client.get_run(run_id).info.status != "FINISHED"
-        done = [int(a.path.rsplit("-", 1)[1]) for a in client.list_artifacts(run_id, "checkpoints")]
-        assert done and max(done) < 3
-
-        deployment.restart_superlink()
-        capsys.readouterr()
-        code = fedrt_run([f"resume={run_id}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *flags])
+            submitted.join(timeout=600)
     out = capsys.readouterr().out
-    assert code == 0, out[-3000:]
-    assert f"finished rounds {max(done) + 1}..3; MLflow run {run_id}" in out
-    run = client.get_run(run_id)
-    assert run.info.status == "FINISHED"
+    assert not submitted.is_alive() and codes == [0], out[-3000:]
+    assert "lost the server" in out and f"which resumes MLflow run {run_id}" in out, out[-3000:]
+    assert re.search(rf"finished rounds [23]\.\.3; MLflow run {run_id}", out), out[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("fedrt").experiment_id])
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert "cut off by a server restart" in run.data.tags[RESUMED_TAG]
     assert sorted({m.step for m in client.get_metric_history(run_id, "train/train_loss")}) == [1, 2, 3]
     assert len(client.list_artifacts(run_id, "checkpoints")) == 3
 

@@ -157,6 +157,10 @@ def test_unregistering_a_hospital_disconnects_its_running_node(deployment):
         assert "site-c" not in [n.name for n in control.nodes()]
     wait_for(lambda: proc.poll() is not None, 60, "the unregistered node to be cut off")
     assert check_node_key(deployment.endpoint, deployment.ca, keys.private_key).cause == "unregistered"
+    with deployment.control() as control, pytest.raises(ControlError) as refused:
+        control.register(keys.public_key, "site-c")  # Flower keeps every key it has seen: refused, and why
+    assert "registered once and then unregistered" in str(refused.value)
+    assert "`fedrt certs node NAME --out DIR`" in str(refused.value)
 
 
 def test_server_nodes_command_lists_names_and_status(deployment, capsys):

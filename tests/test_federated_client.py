@@ -30,7 +30,7 @@ from simulation.partition import write_sites
 from wire.failures import DATA_INVALID, NO_USABLE_DATA, NODE_WORKER, SITE_CONFIG
 from wire.plan import decode_plan
 from wire.processes import start_process, stop_process
-from wire.records import NUM_EXAMPLES, PLAN
+from wire.records import EVAL_SECONDS, NUM_EXAMPLES, PLAN
 from wire.sites import WORKER_CONFIG, own_site_name
 
 OVERRIDES = ["preset=smoke", "data.phantoms=4", "data.val_fraction=0.5", "federation.local_epochs=1",
@@ -149,7 +149,7 @@ def test_evaluate_reports_the_tasks_site_metrics_on_local_validation_cases(hospi
     path, plan, global_model = hospital
     reply = make_client_app()(instruction(MessageType.EVALUATE, global_model, plan), context({"data-path": str(path)}))
     assert set(reply.content) == {"metrics", "site"}
-    assert set(reply.content["metrics"]) == {"dose_score", "dvh_score", NUM_EXAMPLES}
+    assert set(reply.content["metrics"]) == {"dose_score", "dvh_score", NUM_EXAMPLES, EVAL_SECONDS}
     assert reply.content["metrics"][NUM_EXAMPLES] == 1
 
 
@@ -254,7 +254,7 @@ def test_the_forwarder_gets_the_workers_reply_equal_to_training_in_process(hospi
     assert OPTIMIZER_KEY in relayed_node.state
     assert stat.S_IMODE(worker.stat().st_mode) == 0o600 and stat.S_IMODE(worker.parent.stat().st_mode) == 0o700
     scores = forwarder(instruction(MessageType.EVALUATE, global_model, plan), relayed_node)
-    assert set(scores.content["metrics"]) == {"dose_score", "dvh_score", NUM_EXAMPLES}
+    assert set(scores.content["metrics"]) == {"dose_score", "dvh_score", NUM_EXAMPLES, EVAL_SECONDS}
 
 
 def test_a_failure_in_the_worker_or_a_missing_worker_travels_as_a_fixed_code(hospital, worker, tmp_path):

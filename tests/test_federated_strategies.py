@@ -13,11 +13,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageTy
 from flwr.supercore.task_identity import TaskIdentity
 from server_grid import ReplyingGrid
 
-from server.rounds import NodesLostError, run_rounds
+from server.rounds import NodesLostError, RoundReport, run_rounds
 from server.strategies import FedAdam, FedAvg, FedAvgM, FedProx, build_strategy
 from server.validation import reply_problem
 from wire.failures import DATA_INVALID, NO_REPLY, NO_USABLE_DATA, NODE_LOST, failure_error
-from wire.records import NUM_EXAMPLES
+from wire.records import EVAL_SECONDS, NUM_EXAMPLES, TRAIN_SECONDS
 from wire.sites import node_digest_name, reply_site_name
 
 
@@ -291,3 +291,12 @@ def test_cyclic_refuses_differential_privacy():
     with pytest.raises(ValueError, match="strategy=cyclic passes one site's model"):
         with_privacy(build_strategy({"name": "cyclic"}, 2, 2, 2), {"clipping": "server", "clipping_norm": 1.0,
                                                                   "noise_multiplier": 0.1, "target_delta": 1e-5}, 2)
+
+
+def test_a_rounds_overhead_counts_the_evaluation_step_but_not_the_sites_or_servers_own_work():
+    report = RoundReport(3, seconds=30.0, server_eval_s=2.0,
+                         site_train={"site-a": {TRAIN_SECONDS: 20.0}, "site-b": {TRAIN_SECONDS: 15.0}},
+                         site_evaluate={"site-a": {EVAL_SECONDS: 1.0}, "site-b": {EVAL_SECONDS: 3.0}})
+    assert report.overhead_s == pytest.approx(30.0 - 20.0 - 3.0 - 2.0)
+    relay = RoundReport(3, sequential=True, seconds=30.0, site_train=report.site_train)
+    assert relay.overhead_s == 0.0  # a relay must take both sites' training: 35 s of work in a 30 s round

@@ -34,6 +34,7 @@ class ControlAccess:
     ca: Path | None = None
     operator: Path | None = None
     insecure: bool = False
+    local: bool = False  # the server's own access to its SuperLink on loopback, behind the proxy: no credential
 
     def tls_context(self) -> ssl.SSLContext:
         """The client side of the TLS connection: the server verified with the CA, the operator's certificate
@@ -44,6 +45,9 @@ class ControlAccess:
         if not Path(self.ca).is_file():
             raise DataNotFoundError(f"CA certificate {self.ca} not found; give --ca with the ca.crt from `fedrt "
                                     "certs init`")
+        if self.local:
+            self.endpoint.require_loopback("the server's own Control API access")
+            return ssl.create_default_context(cafile=str(Path(self.ca).resolve()))
         if self.operator is None:
             raise ConfigError(f"give --operator NAME.pem: the Control API of {self.endpoint} needs an operator "
                               f"credential; {OPERATOR_FIX}")

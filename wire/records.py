@@ -14,3 +14,6 @@ PLAN = "fedrt-plan"  # entry of the ``config`` record: the training plan (``wire
 NUM_EXAMPLES = "num-examples"  # metric every reply carries; the weight of FedAvg (``weighted_by_key``)
 SERVER_ROUND = "server-round"  # entry Flower's strategies put in the ``config`` record
 PROXIMAL_MU = "proximal-mu"  # entry Flower's FedProx puts in the ``config`` record
+TRAIN_SECONDS = "train_seconds"  # metric of a training reply: the site's own training time
+EVAL_SECONDS = "eval_seconds"  # metric of an evaluation reply: the site's own evaluation time
+NOT_SCORES = frozenset({NUM_EXAMPLES, EVAL_SECONDS})  # evaluation metrics that are bookkeeping, not model scores

@@ -22,17 +22,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_override_arguments(parser)
     add_connection_arguments(parser)
     parser.add_argument("--detach", action="store_true", help="submit and return; do not follow the run")
+    parser.add_argument("--follow", type=int, metavar="RUN_ID",
+                        help="submit nothing: attach to run RUN_ID (e.g. one started with --detach) and follow it")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from server.submit import submit_run
+    from protocols.errors import ConfigError
+    from server.submit import attach_run, submit_run
 
-    if composed(args) is None:  # a bad override fails here, before anything is submitted
+    if args.follow is not None:
+        if args.overrides or args.detach:
+            raise ConfigError("--follow RUN_ID attaches to a submitted run: give it without overrides or --detach")
+        result = attach_run(control_access(args), args.follow)
+    elif composed(args) is None:  # a bad override fails here, before anything is submitted
         return 0
-    result = submit_run(control_access(args), args.overrides, follow=not args.detach)
+    else:
+        result = submit_run(control_access(args), args.overrides, follow=not args.detach)
     if args.detach:
-        print(f"run {result.run_id}: {result.status}; its progress goes to the ServerApp's output on the server")
+        print(f"run {result.run_id}: {result.status}; follow it with `fedrt run --follow {result.run_id} "
+              f"--superlink {args.superlink} ...`")
         return 0
     if result.completed:
         print(f"run {result.run_id} completed")
