@@ -40,8 +40,8 @@ SITES = {"site-a": (["pt_1", "pt_2", "pt_3", "pt_4"], ["pt_201"]), "site-b": (["
 SIZES = {  # cpu60: the benchmark network (native grid, 96^3 patches, 16-32-64-128) for a few steps per round
     "cpu60": ["preset=cpu60", "num_sites=2", "rounds=4", "federation.local_epochs=1", "train.steps_per_epoch=8",
               "train.max_minutes=null", "train.threads=1", "data.max_val_cases=1", "federation.server_eval_every=4"],
-    "smoke": ["preset=smoke", "num_sites=2", "rounds=4", "federation.local_epochs=1", "train.steps_per_epoch=2",
-              "train.threads=1", "data.max_val_cases=1", "federation.server_eval_every=4"],
+    "smoke": ["preset=smoke", "data.max_cases=null", "num_sites=2", "rounds=4", "federation.local_epochs=1",
+              "train.steps_per_epoch=2", "train.threads=1", "data.max_val_cases=1", "federation.server_eval_every=4"],
 }
 ROUND_KEYS = ("seconds", "train_phase_s", "slowest_site_train_s", "slowest_site_eval_s", "server_eval_s",
               "overhead_s", "overhead_fraction", "train_overhead_s", "train_overhead_fraction")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import time
 
 import torch
@@ -40,6 +41,7 @@ from wire.records import (
 )
 from wire.sites import own_site_name
 
+log = logging.getLogger("fedrt.site")  # the node's own log (``fedrt node start`` timestamps and rotates it)
 OPTIMIZER_KEY = "fedrt-optimizer"  # the site's AdamW state in the node's Context.state; it never leaves the node
 
 
@@ -106,6 +108,8 @@ def make_client_app(locate: Locator | None = None) -> ClientApp:
         _keep_optimizer(context, plan, result.optimizer_state)
         metrics = {NUM_EXAMPLES: result.num_examples, "train_loss": result.loss,
                    TRAIN_SECONDS: result.seconds, "train_steps": result.steps}
+        log.info("round %s: trained on %d patients, %d steps, loss %.4f, %.1f s", config[SERVER_ROUND],
+                 len(data.train), result.steps, result.loss, result.seconds)
         return _reply(msg, context, metrics, ArrayRecord(network.state_dict()))
 
     @app.query()
@@ -122,8 +126,11 @@ def make_client_app(locate: Locator | None = None) -> ClientApp:
         network = _network(plan, msg.content[ARRAYS])
         scores = loop.evaluate(network, plan.task, data.val)
         metrics = {k: scores[k] for k in plan.task.site_metrics}
-        return _reply(msg, context, {**metrics, NUM_EXAMPLES: len(data.val),
-                                     EVAL_SECONDS: time.perf_counter() - start})
+        seconds = time.perf_counter() - start
+        log.info("round %s: evaluated the global model on %d patients: %s, %.1f s",
+                 msg.content[CONFIG].get(SERVER_ROUND, "?"), len(data.val),
+                 " ".join(f"{k}={v:.4f}" for k, v in metrics.items()), seconds)
+        return _reply(msg, context, {**metrics, NUM_EXAMPLES: len(data.val), EVAL_SECONDS: seconds})
 
     return app
 

@@ -12,6 +12,7 @@ import logging
 import shlex
 import sys
 import time
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ OVERRIDES_KEY = "overrides"  # run config: Hydra overrides, shell-quoted (``fedr
 CONFIG_KEY = "config"  # run config: the whole composed config as JSON (``fedrt simulate``); wins over overrides
 APP_NAME = "fedrt"
 DEPLOYED_APPS = ("server.deployed:app", "client.forwarder:app")  # (ServerApp, ClientApp) a SuperLink runs for fedrt run
+SERVER_LOG = "fedrt-server.log"  # the ServerApp's log in the SuperLink's state folder (its working folder)
+SERVER_LOG_BYTES, SERVER_LOG_BACKUPS = 10 * 2**20, 5  # rotation: a new file at 10 MB, five old ones kept
+SAID = logging.getLogger("server.output")  # the lines the ServerApp prints (``say``), for its log file
 
 
 def app_definition(components: tuple[str, str], config: dict[str, str]) -> str:
@@ -83,26 +87,33 @@ def config_from_run(run_config: dict[str, Any]) -> DictConfig:
 
 
 def round_summary(report: RoundReport, rounds: int) -> str:
-    """One line per finished round, timestamped: loss, server and site scores, time, sites answering, rejections."""
+    """One line per finished round: loss, server and site scores, time, sites answering, rejections."""
     loss = report.train_metrics.get("train_loss", float("nan"))
     scores = report.server_metrics or report.evaluate_metrics
     shown = " ".join(f"{k}={v:.4f}" for k, v in scores.items() if k not in NOT_SCORES and not k.startswith("hd95"))
     rejected = f", rejected: {'; '.join(f'{k} ({v})' for k, v in report.rejected.items())}" if report.rejected else ""
-    return (f"{time.strftime('%Y-%m-%d %H:%M:%S')} fedrt round {report.server_round}/{rounds}: "
-            f"train_loss={loss:.4f} {shown} ({report.seconds:.1f} s, "
+    return (f"fedrt round {report.server_round}/{rounds}: train_loss={loss:.4f} {shown} ({report.seconds:.1f} s, "
             f"{len(report.site_train)} sites trained: {', '.join(sorted(report.site_train)) or 'none'}{rejected})")
 
 
+def say(line: str) -> None:
+    """Print ``line``, timestamped, to the ServerApp's output (streamed to ``fedrt run``), and log it to the
+    server's log when the ServerApp keeps one.
+    """
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", flush=True)
+    SAID.info(line)
+
+
 class RoundPrinter:
-    """A Tracker that also prints each round's summary to the ServerApp's output (streamed to ``fedrt run``)."""
+    """A Tracker that also says each round's summary (``say``)."""
 
     def __init__(self, tracker: Tracker, rounds: int):
         self._tracker, self._rounds = tracker, rounds
 
     def log_round(self, report: RoundReport) -> None:
-        """Record the round in MLflow, then print its summary."""
+        """Record the round in MLflow, then say its summary."""
         self._tracker.log_round(report)
-        print(round_summary(report, self._rounds), flush=True)
+        say(round_summary(report, self._rounds))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._tracker, name)
@@ -110,33 +121,46 @@ class RoundPrinter:
 
 def _print_outcome(outcome: FederationOutcome) -> None:
     model = f", registered version {outcome.model_version}" if outcome.model_version else ""
-    print(f"fedrt: finished rounds {outcome.first_round}..{outcome.rounds}; MLflow run {outcome.run_id}{model}; "
-          f"model {outcome.checkpoint}", flush=True)
+    say(f"fedrt: finished rounds {outcome.first_round}..{outcome.rounds}; MLflow run {outcome.run_id}{model}; "
+        f"model {outcome.checkpoint}")
 
 
-def serve(grid: Grid, config: DictConfig, tracker: Tracker) -> FederationOutcome:
+def _log_file(path: Path) -> logging.Handler:
+    handler = RotatingFileHandler(path, maxBytes=SERVER_LOG_BYTES, backupCount=SERVER_LOG_BACKUPS, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
+
+
+def serve(grid: Grid, config: DictConfig, tracker: Tracker, log_file: Path | None = None) -> FederationOutcome:
     """Run the federation of ``config`` on ``grid`` in ``tracker``'s MLflow run (both from ``open_run``),
-    streaming progress and one summary per round to the output.
+    streaming progress and one summary per round to the output and, with ``log_file``, to that log (timestamped,
+    rotated), warnings (rejected replies, lost sites) included.
     """
     progress = logging.StreamHandler(sys.stdout)
     progress.setFormatter(logging.Formatter("%(asctime)s fedrt %(levelname)s %(name)s: %(message)s"))
+    progress.addFilter(lambda record: record.name != SAID.name)  # ``say`` prints those itself
+    handlers = [progress, *([_log_file(log_file)] if log_file is not None else [])]
     logger = logging.getLogger("server")
     level = logger.level
-    logger.addHandler(progress)
+    for handler in handlers:
+        logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        print(f"fedrt: MLflow run {tracker.run_id} ({config.tracking.uri}); {config.rounds} rounds, "
-              f"task {config.task.name}, strategy {config.strategy.name}", flush=True)
+        say(f"fedrt: MLflow run {tracker.run_id} ({config.tracking.uri}); {config.rounds} rounds, "
+            f"task {config.task.name}, strategy {config.strategy.name}")
         try:
             outcome = run_recorded(grid, config, RoundPrinter(tracker, int(config.rounds)))
         except FedrtError as error:
-            print(f"fedrt: run stopped: {error}\nfedrt: MLflow run {tracker.run_id} is marked FAILED; it resumes "
-                  f"from its last round checkpoint with `fedrt run resume={tracker.run_id}`", flush=True)
+            say(f"fedrt: run stopped: {error}")
+            say(f"fedrt: MLflow run {tracker.run_id} is marked FAILED; it resumes from its last round checkpoint "
+                f"with `fedrt run resume={tracker.run_id}`")
             raise
         _print_outcome(outcome)
         return outcome
     finally:
-        logger.removeHandler(progress)
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
         logger.setLevel(level)
 
 
@@ -153,7 +177,7 @@ def main(grid: Grid, context: Context) -> None:
     entry = journal.write(JournalEntry(context.run_id, tracker.run_id, absolute_uri(str(config.tracking.uri),
                                                                                    Path.cwd())))
     try:
-        serve(grid, config, tracker)
+        serve(grid, config, tracker, Path.cwd() / SERVER_LOG)
     except Exception:
         journal.mark(entry, FAILED)
         raise

@@ -13,6 +13,8 @@ import pytest
 from deploy_fixtures import Deployment, fedrt_run, link_site, smoke_overrides, two_sites
 from mlflow import MlflowClient
 
+from server.deployed import SERVER_LOG
+
 
 @pytest.mark.slow
 def test_fedrt_run_trains_two_tls_authenticated_nodes_two_rounds_recorded_in_mlflow(tmp_path, openkbp_root, capsys):
@@ -40,5 +42,12 @@ def test_fedrt_run_trains_two_tls_authenticated_nodes_two_rounds_recorded_in_mlf
         assert f"site/{name}/local_val/dose_score" in metrics
     assert "val/dose_score" in metrics  # the server's own validation patient
     assert (tmp_path / "federated.pt").is_file()
-    # the ServerApp ran in the SuperLink's state folder: MLflow's artifacts are there
+    # the ServerApp ran in the SuperLink's state folder: MLflow's artifacts are there, and its log
     assert run.info.artifact_uri.startswith(str(deployment.settings.state_dir))
+    server_log = (deployment.settings.state_dir / SERVER_LOG).read_text()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO "
+    assert re.search(stamp + r"server.output: fedrt round 2/2: train_loss=", server_log), server_log[-2000:]
+    for name in sites:  # and each node's own log says what it did, timestamped
+        node_log = (tmp_path / f"{name}-state" / "supernode.log").read_text()
+        assert re.search(r"\dZ INFO fedrt.site: round 2: trained on 2 patients, 2 steps", node_log), node_log[-2000:]
+        assert re.search(r"\dZ INFO fedrt.site: round \d: evaluated the global model on 1 patients", node_log)

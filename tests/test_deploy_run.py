@@ -5,7 +5,6 @@ nothing to install), the overrides carried in the run config, the per-round summ
 from __future__ import annotations
 
 import io
-import re
 import tomllib
 import zipfile
 
@@ -44,8 +43,8 @@ def test_round_summary_names_scores_sites_and_rejections():
                          server_metrics={"dose_score": 3.25, NUM_EXAMPLES: 1.0},
                          site_train={"site-b": {}, "site-a": {}}, rejected={"train/site-c": "non-finite weights"})
     line = round_summary(report, 3)
-    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d fedrt round 2/3: train_loss=0.5000 dose_score=3.2500 "
-                    r"\(12.3 s, 2 sites trained: site-a, site-b", line), line
+    assert line.startswith("fedrt round 2/3: train_loss=0.5000 dose_score=3.2500 (12.3 s, 2 sites trained: "
+                           "site-a, site-b"), line
     assert "rejected: train/site-c (non-finite weights)" in line and NUM_EXAMPLES not in line
 
 
