@@ -1,7 +1,9 @@
 """A node's ClientApp never outlives the round it works for. Each instruction's time-to-live is what is left of
 the server's round (``server.rounds``); past it the server no longer waits for the reply, and a ClientApp of a
 run whose server died would otherwise train on (Flower starts one process per message and never stops it). On a
-real node (one process per message, its ``data-path`` in the node config) this mod ends the process then.
+real node (one process per message, its ``data-path`` in the node config) this mod ends the process then, and the
+node's warm worker drops a message whose time ran out before its turn (``client.worker``); one it already runs
+goes on to its end (a round of training), its reply unread.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ longer waits for the reply.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from flwr.app import Context, Message
@@ -29,7 +30,7 @@ def _run(msg: Message, context: Context) -> Message:
         return in_process(msg, context)
     path = Path(str(context.node_config[WORKER_CONFIG]))
     try:
-        return forward(path, msg, context)
+        return forward(path, msg, context, time.monotonic() + float(msg.metadata.ttl))
     except (ConnectionError, FileNotFoundError, OSError) as exc:
         raise SiteFailed(NODE_WORKER, f"the node worker at {path} did not answer: {exc}") from exc
 

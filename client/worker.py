@@ -5,8 +5,10 @@ and load the patients each time (about 8 s); the per-message ClientApp (``client
 message to this worker and its reply back.
 
 The channel is a Unix socket in the node's state folder: the folder is the node user's only (0700) and so is the
-socket (0600). Frames are length-prefixed pickles of (Message, Context) and (reply, Context state); pickles are
-read only from that socket, which only the node's own user can open.
+socket (0600). Frames are length-prefixed pickles of (Message, Context, deadline) and (reply, Context state);
+pickles are read only from that socket, which only the node's own user can open. Messages wait their turn (one
+at a time); one whose deadline (``time.monotonic``, shared by the node's processes) passed while it waited is
+dropped unrun: its ClientApp has ended and the server no longer waits for it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +58,12 @@ def receive_frame(conn: socket.socket) -> Any:
 
 def _serve_one(conn: socket.socket, app: Any, lock: threading.Lock) -> None:
     with conn:
-        message, context = receive_frame(conn)
+        message, context, deadline = receive_frame(conn)
         with lock:  # one message at a time: they share the CPUs and the site's cached patients
+            if time.monotonic() > deadline:
+                log.warning("dropped a %s message whose time ran out while it waited (the server no longer waits "
+                            "for it)", message.metadata.message_type)
+                return
             reply = app(message, context)
         try:
             send_frame(conn, (reply, context.state))
@@ -86,11 +93,13 @@ def serve(path: Path) -> None:
             threading.Thread(target=_serve_one, args=(conn, app, lock), daemon=True).start()
 
 
-def forward(path: Path, message: Message, context: Context) -> Message:
-    """Have the worker at ``path`` run ``message``; its reply, with the Context state it left."""
+def forward(path: Path, message: Message, context: Context, deadline: float) -> Message:
+    """Have the worker at ``path`` run ``message`` unless ``deadline`` (``time.monotonic``) passes before its
+    turn; its reply, with the Context state it left.
+    """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.connect(str(path))
-        send_frame(conn, (message, context))
+        send_frame(conn, (message, context, deadline))
         reply, state = receive_frame(conn)
     context.state = state
     return reply

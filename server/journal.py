@@ -1,7 +1,8 @@
 """The server's journal of federated runs: one small file per Flower run in the SuperLink's state folder, written
 by the ServerApp as it starts and ends a run. A run still marked running when the server starts again was cut off
-by the server's own death, and is resumed from its last round checkpoint (``server.resume``); a run that failed
-for a reason (too few sites, bad settings) is not.
+by the server's own death (or a stop of the whole server), and is resumed from its last round checkpoint
+(``server.resume``); a run that failed for a reason (too few sites, bad settings) is not, nor one an operator
+stopped (Flower kills its ServerApp at once, so ``server.resume`` asks Flower and marks it stopped).
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from protocols.errors import DataError
 from protocols.files import atomic_write
 
 JOURNAL_DIR = "fedrt-runs"  # under the SuperLink's state folder (the ServerApp's working folder)
-RUNNING, FINISHED, FAILED, RESUMED = "running", "finished", "failed", "resumed"
+RUNNING, FINISHED, FAILED, STOPPED, RESUMED = "running", "finished", "failed", "stopped", "resumed"
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,15 @@ class RunJournal:
         return self.write(replace(entry, status=status, resumed_by=resumed_by))
 
     def entries(self) -> list[JournalEntry]:
-        """Every recorded run, in file-name order."""
-        paths = sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []
-        return [JournalEntry(**json.loads(path.read_text())) for path in paths]
+        """Every recorded run, in file-name order; an unreadable entry is an error naming its file."""
+        entries = []
+        for path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []:
+            try:
+                entries.append(JournalEntry(**json.loads(path.read_text())))
+            except (ValueError, TypeError) as exc:
+                raise DataError(f"run journal entry {path} is unreadable ({exc}); move it away (the run it describes "
+                                "then resumes only by hand, with resume=<MLflow run id>)") from exc
+        return entries
 
     def interrupted(self) -> list[JournalEntry]:
         """Runs still marked running: their ServerApp died with the server."""

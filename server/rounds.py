@@ -85,8 +85,9 @@ class NodesLostError(DeploymentError):
 
 class BoundedGrid:
     """The run's Grid with a bound on waiting for nodes: Flower's strategies (``sample_nodes``) poll
-    ``get_node_ids`` until enough nodes are connected, without a time limit; here a phase that still lacks
-    ``required`` nodes ``wait_s`` after it began raises ``NodesLostError`` naming the missing sites.
+    ``get_node_ids`` until enough nodes are connected, without a time limit; here a phase still asking
+    ``wait_s`` after it began (it asks once when enough nodes are there: Flower's own count may exceed
+    ``required`` when a fraction of more nodes is sampled) raises ``NodesLostError`` naming the missing sites.
     """
 
     def __init__(self, grid: Grid, wait_s: float, names: dict[int, str]):
@@ -101,14 +102,14 @@ class BoundedGrid:
         self.phase, self.required, self.started = phase, required, time.monotonic()
 
     def get_node_ids(self) -> Iterable[int]:
-        """The connected nodes; raises when the phase has waited ``wait_s`` for too few."""
+        """The connected nodes; raises when the phase is still waiting ``wait_s`` after it began."""
         nodes = list(self.grid.get_node_ids())
-        if len(nodes) < self.required and time.monotonic() - self.started > self.wait_s:
+        if time.monotonic() - self.started > self.wait_s:
             missing = sorted(name for node, name in self.names.items() if node not in nodes)
             lost = f" (missing: {', '.join(missing)})" if missing else ""
-            raise NodesLostError(f"{self.phase}: only {len(nodes)} of the {self.required} required nodes connected "
-                                 f"within {self.wait_s:g} s{lost}; restart the missing hospitals' nodes or lower "
-                                 "federation.min_*_nodes, then resume the run with resume=<MLflow run id>")
+            raise NodesLostError(f"{self.phase}: still too few nodes after {self.wait_s:g} s ({len(nodes)} connected, "
+                                 f"at least {self.required} required){lost}; restart the missing hospitals' nodes or "
+                                 "lower federation.min_*_nodes, then resume the run with resume=<MLflow run id>")
         return nodes
 
 

@@ -20,8 +20,8 @@ from server.superlink import SuperLinkSettings, check_settings, run_superlink, s
 from wire.control import ControlAccess
 from wire.endpoint import Endpoint
 from wire.processes import stop_process, wait_until_listening
+from wire.supervise import STOP_SIGNALS
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _ANY_ADDRESS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
@@ -58,7 +58,7 @@ def _resume(settings: SuperLinkSettings) -> None:
     try:
         for run_id in resume_interrupted(journal, access):
             print(f"fedrt server: resumed an interrupted run as run {run_id}", file=sys.stderr, flush=True)
-    except FedrtError as error:
+    except FedrtError as error:  # an unreadable journal: the server serves on, the runs resume by hand
         print(f"fedrt server: could not resume the interrupted runs: {error}", file=sys.stderr, flush=True)
 
 

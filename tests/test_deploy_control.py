@@ -35,6 +35,7 @@ from deploy_fixtures import (
     server_settings,
     start_node,
     start_server,
+    wait_for,
     write_pem,
 )
 from flwr.proto.control_pb2 import ListNodesRequest, ListRunsRequest, RegisterNodeRequest
@@ -44,6 +45,7 @@ from client.supernode import NodeSettings
 from fedrt.cli import main
 from protocols.errors import ConfigError, DeploymentError
 from server.certs import create_node_keys, init_certificates, issue_operator_credential, load_ca
+from server.journal import JOURNAL_DIR, STOPPED, RunJournal
 from server.nodes import SuperLinkControl, load_node_public_key
 from server.proxy import nginx_executable, proxy_config
 from server.superlink import SuperLinkSettings, check_settings
@@ -115,7 +117,7 @@ def refused_credentials(root: Path) -> dict[str, tuple[tuple[Path, ...], str]]:
 
 
 def test_without_an_operator_credential_listing_and_registering_fail_with_one_they_work(tmp_path, capsys):
-    with running_server(tmp_path) as (_, access, _server):
+    with running_server(tmp_path) as (settings, access, _server):
         keys = create_node_keys("site-x", tmp_path / "keys")
         register = RegisterNodeRequest(public_key=public_key_to_bytes(load_node_public_key(keys.public_key)),
                                        name="site-x").SerializeToString()
@@ -164,6 +166,8 @@ def test_without_an_operator_credential_listing_and_registering_fail_with_one_th
         assert "give --operator" in capsys.readouterr().err
         assert main(["run", "preset=smoke", *operator_flags(access), "--detach"]) == 0
         run_id = int(re.search(r"submitted run (\d+)", capsys.readouterr().out).group(1))
+        journal = RunJournal(settings.state_dir / JOURNAL_DIR)
+        wait_for(lambda: [e for e in journal.entries() if e.flower_run_id == run_id], 120, "the run's journal entry")
         assert main(["server", "stop-run", str(run_id), *operator_flags(access)]) == 0
         client = access.client()
         try:
@@ -171,6 +175,20 @@ def test_without_an_operator_credential_listing_and_registering_fail_with_one_th
         finally:
             client.close()
         assert (status.status, status.sub_status) == ("finished", "stopped")
+
+        # an operator's stop is not a crash: a restarted server resumes nothing, and its journal says why
+        stop_process(_server)
+        again = start_server(settings, tmp_path / "server-again.log")
+        try:
+            wait_for(lambda: journal.interrupted() == [], 60, "the restarted server to go through its journal")
+            assert [e.status for e in journal.entries() if e.flower_run_id == run_id] == [STOPPED]
+            client = access.client()
+            try:
+                assert list(client.ListRuns(ListRunsRequest()).run_dict) == [run_id]  # nothing resubmitted
+            finally:
+                client.close()
+        finally:
+            stop_process(again)
 
 
 def _gone(pids: list[tuple[int, int]], timeout_s: float = 15) -> bool:

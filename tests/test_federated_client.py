@@ -224,8 +224,8 @@ def test_a_site_with_no_usable_patient_or_no_data_path_says_so_by_code(hospital,
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
     """A node's warm worker process on a Unix socket, started and stopped here by PID."""
-    state = tmp_path_factory.mktemp("node-state")
-    path, log = state / "worker.sock", state / "worker.log"
+    state = tmp_path_factory.mktemp("node") / "state"  # the worker makes its folder (owner-only)
+    path, log = state / "worker.sock", state.parent / "worker.log"
     proc = start_process([sys.executable, "-m", "client.worker", "--socket", str(path)], dict(os.environ), log)
     deadline = time.monotonic() + 120
     while not path.exists():
@@ -270,3 +270,15 @@ def test_a_failure_in_the_worker_or_a_missing_worker_travels_as_a_fixed_code(hos
     reply = forwarder(instruction(MessageType.TRAIN, global_model, plan),
                       context({"data-path": str(site), WORKER_CONFIG: str(tmp_path / "gone.sock")}))
     assert reply.error.code == NODE_WORKER.code and str(tmp_path) not in reply.error.reason
+
+
+def test_the_worker_drops_a_message_whose_time_ran_out_before_its_turn(hospital, worker):
+    """The server no longer waits for it, and its ClientApp has ended: it is not run (the channel just closes)."""
+    from client.worker import forward
+
+    path, plan, global_model = hospital
+    node = context({"data-path": str(path), WORKER_CONFIG: str(worker)})
+    with pytest.raises(ConnectionError):
+        forward(worker, instruction(MessageType.TRAIN, global_model, plan), node, time.monotonic() - 1.0)
+    assert OPTIMIZER_KEY not in node.state
+    assert "dropped a train message whose time ran out" in (worker.parent.parent / "worker.log").read_text()

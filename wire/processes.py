@@ -51,11 +51,12 @@ def flower_environment(flwr_home: Path | None = None) -> dict[str, str]:
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2): set the signal a process gets when its parent dies
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: a forked child of a threaded parent must not load
 
 
-def _sigterm_with_parent() -> None:
+def sigterm_with_parent() -> None:
     """In a child before it runs its program: ask Linux to send it SIGTERM when its parent dies."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def start_process(command: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path | None = None,
@@ -67,7 +68,7 @@ def start_process(command: Sequence[str], env: dict[str, str], log_path: Path, c
     with open(log_path, "ab") as log:
         return subprocess.Popen(list(command), env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_sigterm_with_parent if with_parent else None)
+                                preexec_fn=sigterm_with_parent if with_parent else None)
 
 
 def wait_until_listening(proc: subprocess.Popen, host: str, port: int, log_path: Path,

@@ -6,7 +6,6 @@ it started (forwarded once to the daemon's process group), and the daemon never 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import re
@@ -21,10 +20,12 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import IO
 
+from wire.processes import sigterm_with_parent
+
 ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")  # Flower colours its level names even when writing to a pipe
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 OUTPUT_GRACE_S = 2.0  # how long the last lines may take once the daemon exited
+STOP_GRACE_S = 10.0  # how long a stopped child may take before it is killed
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,6 @@ def daemon_logger(path: Path, rotation: LogRotation) -> logging.Logger:
     return logger
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when this process dies, even by SIGKILL (Linux)."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _copy_lines(stream: IO[bytes], logger: logging.Logger) -> None:
     for raw in iter(stream.readline, b""):
         if line := ANSI_CODES.sub("", raw.decode(errors="replace")).rstrip():
@@ -76,7 +72,7 @@ def _spawn(command: Sequence[str], env: dict[str, str], logger: logging.Logger,
            readers: list[threading.Thread]) -> subprocess.Popen:
     child = subprocess.Popen(list(command), env={**env, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                             preexec_fn=_die_with_parent)
+                             preexec_fn=sigterm_with_parent)
     readers.append(threading.Thread(target=_copy_lines, args=(child.stdout, logger), daemon=True))
     readers[-1].start()
     return child
@@ -98,7 +94,7 @@ def _await_ready(companion: Companion, child: subprocess.Popen) -> int | None:
     return None
 
 
-def _stop(children: list[subprocess.Popen], grace_s: float = 10.0) -> None:
+def _stop(children: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
     for child in children:
         if child.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -140,8 +136,9 @@ def run_logged(command: Sequence[str], env: dict[str, str], logger: logging.Logg
         while (ended := next((c for c in children if c.poll() is not None), None)) is None:
             time.sleep(0.2)
         if stopping.is_set():  # told to stop: the daemon's own exit code says how the stop went
-            children[-1].wait()
-            return _exit_code(children[-1].returncode)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # one that hangs is killed below
+                children[-1].wait(STOP_GRACE_S)
+            return _exit_code(children[-1].returncode if children[-1].returncode is not None else 1)
         if ended is not children[-1]:
             name = companions[children.index(ended)].name
             logger.error(f"the {name} exited with code {_exit_code(ended.returncode)}; stopping the rest")
