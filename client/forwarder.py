@@ -31,7 +31,7 @@ def _run(msg: Message, context: Context) -> Message:
     path = Path(str(context.node_config[WORKER_CONFIG]))
     try:
         return forward(path, msg, context, time.monotonic() + float(msg.metadata.ttl))
-    except (ConnectionError, FileNotFoundError, OSError) as exc:
+    except (EOFError, OSError) as exc:  # no worker listening, or it closed the channel without a reply
         raise SiteFailed(NODE_WORKER, f"the node worker at {path} did not answer: {exc}") from exc
 
 

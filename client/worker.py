@@ -5,10 +5,11 @@ and load the patients each time (about 8 s); the per-message ClientApp (``client
 message to this worker and its reply back.
 
 The channel is a Unix socket in the node's state folder: the folder is the node user's only (0700) and so is the
-socket (0600). Frames are length-prefixed pickles of (Message, Context, deadline) and (reply, Context state);
-pickles are read only from that socket, which only the node's own user can open. Messages wait their turn (one
-at a time); one whose deadline (``time.monotonic``, shared by the node's processes) passed while it waited is
-dropped unrun: its ClientApp has ended and the server no longer waits for it.
+socket (0600), served with the standard library's ``multiprocessing.connection`` (pickled objects over a
+stream): (Message, Context, deadline) in, (reply, Context state) out. Pickles are read only from that socket,
+which only the node's own user can open. Messages wait their turn (one at a time); one whose deadline
+(``time.monotonic``, shared by the node's processes) passed while it waited is dropped unrun: its ClientApp has
+ended and the server no longer waits for it.
 """
 
 from __future__ import annotations
@@ -16,49 +17,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import pickle
 import signal
-import socket
-import struct
 import sys
 import threading
 import time
+from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message
 
-_LENGTH = struct.Struct("!Q")
-
 log = logging.getLogger("fedrt.site")
 
 
-def send_frame(conn: socket.socket, value: Any) -> None:
-    """Send one pickled value, its length first."""
-    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    conn.sendall(_LENGTH.pack(len(data)) + data)
-
-
-def _exactly(conn: socket.socket, size: int) -> bytes:
-    chunks, left = [], size
-    while left:
-        chunk = conn.recv(min(left, 1 << 20))
-        if not chunk:
-            raise ConnectionError("the other end closed the channel mid-frame")
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def receive_frame(conn: socket.socket) -> Any:
-    """Receive one value sent with ``send_frame``."""
-    (size,) = _LENGTH.unpack(_exactly(conn, _LENGTH.size))
-    return pickle.loads(_exactly(conn, size))  # from the node's own user only (the socket is 0600)
-
-
-def _serve_one(conn: socket.socket, app: Any, lock: threading.Lock) -> None:
+def _serve_one(conn: Connection, app: Any, lock: threading.Lock) -> None:
     with conn:
-        message, context, deadline = receive_frame(conn)
+        message, context, deadline = conn.recv()  # from the node's own user only (the socket is 0600)
         with lock:  # one message at a time: they share the CPUs and the site's cached patients
             if time.monotonic() > deadline:
                 log.warning("dropped a %s message whose time ran out while it waited (the server no longer waits "
@@ -66,7 +40,7 @@ def _serve_one(conn: socket.socket, app: Any, lock: threading.Lock) -> None:
                 return
             reply = app(message, context)
         try:
-            send_frame(conn, (reply, context.state))
+            conn.send((reply, context.state))
         except OSError:  # the ClientApp gave up (its deadline) or its run is gone: the reply has no taker
             log.warning("the ClientApp for a %s message left before its reply was ready", message.metadata.message_type)
 
@@ -81,26 +55,23 @@ def serve(path: Path) -> None:
     lock = threading.Lock()
     old_mask = os.umask(0o177)
     try:
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(str(path))
+        listener = Listener(str(path), family="AF_UNIX")
     finally:
         os.umask(old_mask)
-    server.listen()
     log.warning("fedrt node worker ready on %s", path)
-    with server:
+    with listener:
         while True:
-            conn, _ = server.accept()
+            conn = listener.accept()
             threading.Thread(target=_serve_one, args=(conn, app, lock), daemon=True).start()
 
 
 def forward(path: Path, message: Message, context: Context, deadline: float) -> Message:
     """Have the worker at ``path`` run ``message`` unless ``deadline`` (``time.monotonic``) passes before its
-    turn; its reply, with the Context state it left.
+    turn; its reply, with the Context state it left. ``EOFError`` when the worker closes without one.
     """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.connect(str(path))
-        send_frame(conn, (message, context, deadline))
-        reply, state = receive_frame(conn)
+    with Client(str(path), family="AF_UNIX") as conn:
+        conn.send((message, context, deadline))
+        reply, state = conn.recv()
     context.state = state
     return reply
 

@@ -278,7 +278,7 @@ def test_the_worker_drops_a_message_whose_time_ran_out_before_its_turn(hospital,
 
     path, plan, global_model = hospital
     node = context({"data-path": str(path), WORKER_CONFIG: str(worker)})
-    with pytest.raises(ConnectionError):
+    with pytest.raises(EOFError):
         forward(worker, instruction(MessageType.TRAIN, global_model, plan), node, time.monotonic() - 1.0)
     assert OPTIMIZER_KEY not in node.state
     assert "dropped a train message whose time ran out" in (worker.parent.parent / "worker.log").read_text()
