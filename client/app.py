@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from client.clipping import clipping_when_asked
-from client.failures import SiteFailed, withhold_failures
+from client.failures import SITE_LOGGER, SiteFailed, withhold_failures
 from client.site import Locator, SiteData, data_path, load_site, round_seed
 from models import loop
 from models.weights import set_weights
@@ -41,7 +41,7 @@ from wire.records import (
 )
 from wire.sites import own_site_name
 
-log = logging.getLogger("fedrt.site")  # the node's own log (``fedrt node start`` timestamps and rotates it)
+log = logging.getLogger(SITE_LOGGER)
 OPTIMIZER_KEY = "fedrt-optimizer"  # the site's AdamW state in the node's Context.state; it never leaves the node
 
 

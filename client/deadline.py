@@ -15,9 +15,10 @@ import threading
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
+from client.failures import SITE_LOGGER
 from wire.sites import DATA_CONFIG
 
-log = logging.getLogger("fedrt.site")
+log = logging.getLogger(SITE_LOGGER)
 GIVE_UP_EXIT = 3  # the exit status of a ClientApp stopped by its deadline
 
 

@@ -22,7 +22,8 @@ from wire.failures import (
 )
 from wire.sites import own_site_name
 
-log = logging.getLogger("fedrt.site")
+SITE_LOGGER = "fedrt.site"  # the node's own log (``fedrt node start`` timestamps and rotates it); never sent
+log = logging.getLogger(SITE_LOGGER)
 
 # The first matching class decides; anything else (a bug) is SITE_INTERNAL.
 _KINDS: tuple[tuple[type[BaseException], SiteFailure], ...] = (

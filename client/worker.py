@@ -27,7 +27,9 @@ from typing import Any
 
 from flwr.app import Context, Message
 
-log = logging.getLogger("fedrt.site")
+from client.failures import SITE_LOGGER
+
+log = logging.getLogger(SITE_LOGGER)
 
 
 def _serve_one(conn: Connection, app: Any, lock: threading.Lock) -> None:
