@@ -64,3 +64,12 @@ def resolve_model(reference: str | Path, tracking_uri: str | None = None) -> Pat
             raise ConfigError(f"cannot fetch {reference} from {uri}: {exc.message}; check the model URI and "
                               "MLFLOW_TRACKING_URI") from exc
     return folder / CHECKPOINT_FILE
+
+
+def model_label(reference: str | Path, tracking_uri: str | None = None) -> str:
+    """What a written object says made it: ``models:/NAME/VERSION`` (an alias pinned), or the checkpoint's hash."""
+    if is_mlflow_uri(str(reference)):
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        return _pinned(str(reference), uri)
+    digest = hashlib.sha256(Path(reference).read_bytes()).hexdigest()[:16]
+    return f"checkpoint sha256:{digest}"

@@ -100,6 +100,16 @@ class Protocol:
         """Left/right twins that swap names when an image is flipped left-right."""
         return {s.name: s.mirror for s in self.structures if s.mirror}
 
+    def with_prescription(self, doses_gy: dict[str, float], fractions: int) -> Protocol:
+        """The protocol with a patient's own target doses and fraction count (goals relative to Rx follow)."""
+        unknown = sorted(set(doses_gy) - set(self.targets))
+        if unknown:
+            raise ConfigError(f"{', '.join(unknown)}: not a target of protocol {self.name} "
+                              f"({', '.join(self.targets)})")
+        structures = tuple(dataclasses.replace(s, prescription_gy=float(doses_gy[s.name])) if s.name in doses_gy
+                           else s for s in self.structures)
+        return dataclasses.replace(self, structures=structures, fractions=int(fractions))
+
     def structure(self, name: str) -> Structure:
         for s in self.structures:
             if s.name == name:

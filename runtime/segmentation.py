@@ -21,7 +21,7 @@ from protocols.dicom.ct import read_ct_series
 from protocols.dicom.export import CtReference, centred_grid, write_rtstruct, write_study
 from protocols.dicom.geometry import VolumeGrid, resample
 from protocols.dicom.header import StudyContext
-from protocols.dicom.importer import scan_folder
+from protocols.dicom.importer import folder_name, scan_folder
 from protocols.errors import DataNotFoundError, DicomError
 from protocols.files import refuse_non_empty, staged_folder
 from protocols.openkbp import is_patient_dir, load_openkbp_case
@@ -51,6 +51,11 @@ class SegmentationResult:
     overview: Path
     timings_s: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def not_found(self) -> list[str]:
+        """The organs the model found no voxel of (left out of the structure set, not written empty)."""
+        return [name for name, mask in self.masks.items() if not mask.any()]
+
 
 def read_planning_ct(source: Path, protocol: Protocol, policy: Policy | str = Policy.WARN) -> PlanningCt:
     """The CT of one patient from a DICOM folder (one CT series expected) or an OpenKBP patient folder."""
@@ -74,7 +79,7 @@ def read_planning_ct(source: Path, protocol: Protocol, policy: Policy | str = Po
     apply_policy(report, policy)
     if ct is None:
         raise DataValidationError(report)
-    context = StudyContext(patient_id, study_uid=ct.study_uid, frame_of_reference_uid=ct.frame_of_reference_uid)
+    context = StudyContext.of_image(items[0][1])
     return PlanningCt(patient_id, ct.ct_hu, ct.grid, context, CtReference(ct.series_uid, ct.sop_instance_uids))
 
 
@@ -94,9 +99,12 @@ def predict_masks(model: Checkpoint, ct: PlanningCt) -> dict[str, np.ndarray]:
     return {name: resample(mask.astype(np.float32), work, ct.grid, order=1) >= 0.5 for name, mask in masks.items()}
 
 
-def segment(source: Path | str, model: Checkpoint, out_dir: Path | str) -> SegmentationResult:
+def segment(source: Path | str, model: Checkpoint, out_dir: Path | str, label: str) -> SegmentationResult:
     """Segment one patient into a new or empty ``out_dir``: ``RS_<patient>.dcm`` (for OpenKBP input the CT series
     and ``RTSTRUCT.dcm``) and ``overview.png``; the folder appears complete or not at all.
+
+    ``label`` names the model in each ROI's generation description (``models.registry.model_label``); organs
+    the model found nowhere are left out (``SegmentationResult.not_found``).
     """
     expect_task(model.task, "seg", "the model given to `fedrt segment`")
     out_dir = Path(out_dir)
@@ -111,11 +119,14 @@ def segment(source: Path | str, model: Checkpoint, out_dir: Path | str) -> Segme
     timings["predict"] = time.perf_counter() - start
     start = time.perf_counter()
     with staged_folder(out_dir, fix=fix) as staging:
+        found = {name: mask for name, mask in masks.items() if mask.any()}
+        generation = dict.fromkeys(found, f"fedrt seg model {label}")
         if ct.reference is None:
-            case = Case(ct.patient_id, ct.ct_hu, ct.grid.spacing_mm, structures=masks)
-            rtstruct = write_study(case, staging, ct.grid, model.task.protocol, ct.context).rtstruct
+            case = Case(ct.patient_id, ct.ct_hu, ct.grid.spacing_mm, structures=found)
+            rtstruct = write_study(case, staging, ct.grid, model.task.protocol, ct.context, generation).rtstruct
         else:
-            rtstruct = write_rtstruct(masks, ct.grid, ct.reference, staging / f"RS_{ct.patient_id}.dcm", ct.context)
+            rtstruct = write_rtstruct(found, ct.grid, ct.reference, staging / f"RS_{folder_name(ct.patient_id, set())}"
+                                      ".dcm", ct.context, generation=generation)
         overview = write_overview(ct, masks, staging / "overview.png")
     timings["write"] = time.perf_counter() - start
     return SegmentationResult(masks, out_dir / rtstruct.name, out_dir / overview.name, timings)

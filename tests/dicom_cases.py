@@ -77,3 +77,24 @@ def load_dicom_cases(src: Path, protocol: Protocol | str,
         apply_policy(report, policy)
         results.append((dicom_case, report))
     return results
+
+
+def rebuild_breast_patient(src: Path, dst: Path, with_plan: bool = True) -> Path:
+    """dicompyler-core's breast-boost patient with its whole CT: the one shipped slice copied to the 98 positions
+    (and SOP instances) its structure set references, next to the structure set (and the plan).
+    """
+    dst.mkdir(parents=True, exist_ok=True)
+    structures = pydicom.dcmread(src / "rtss.dcm")
+    positions = {str(contour.ContourImageSequence[0].ReferencedSOPInstanceUID): float(contour.ContourData[2])
+                 for roi in structures.ROIContourSequence for contour in roi.get("ContourSequence", [])
+                 if "ContourImageSequence" in contour}
+    ct = pydicom.dcmread(src / "ct.0.dcm")
+    for number, (uid, z) in enumerate(sorted(positions.items(), key=lambda item: -item[1]), start=1):
+        ct.SOPInstanceUID = ct.file_meta.MediaStorageSOPInstanceUID = uid
+        ct.ImagePositionPatient = [*ct.ImagePositionPatient[:2], z]
+        ct.SliceLocation, ct.InstanceNumber = z, number
+        ct.save_as(dst / f"ct.{number}.dcm")
+    structures.save_as(dst / "rtss.dcm")
+    if with_plan:
+        pydicom.dcmread(src / "rtplan.dcm").save_as(dst / "rtplan.dcm")
+    return dst

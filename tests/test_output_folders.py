@@ -31,7 +31,7 @@ def refused(folder, option: str):
 def test_segment_refuses_a_non_empty_folder_before_reading_the_ct(occupied, protocol, tmp_path):
     task = make_task("seg", protocol, ModelConfig(channels=(4, 8), strides=(2,), res_units=0))
     with refused(occupied, "--out"):
-        segment(tmp_path / "no-such-ct", Checkpoint(task, task.build_network()), occupied)
+        segment(tmp_path / "no-such-ct", Checkpoint(task, task.build_network()), occupied, "test")
     assert [p.name for p in occupied.iterdir()] == ["keep.txt"]
 
 

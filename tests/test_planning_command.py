@@ -20,6 +20,7 @@ from models.config import ModelConfig
 from models.tasks import make_task
 from protocols.errors import ConfigError, OutputError
 from protocols.openkbp import load_openkbp_case, read_prediction
+from runtime.planning.inputs import load_planning_patient
 from runtime.planning.pipeline import contour_missing_oars, target_dose_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,28 +34,28 @@ def parse(argv):
 
 def test_target_dose_reads_an_openkbp_dose_file(openkbp_root, protocol):
     patient = openkbp_root / "validation-pats" / "pt_201"
-    case, _ = load_openkbp_case(patient, protocol)
-    dose, label = target_dose_for(case, protocol, target_dose=patient / "dose.csv.gz")
-    np.testing.assert_allclose(dose, case.dose_gy, atol=1e-4)
+    planning = load_planning_patient(patient, protocol)
+    dose, label = target_dose_for(planning, target_dose=patient / "dose.csv.gz")
+    np.testing.assert_allclose(dose, planning.case.dose_gy, atol=1e-4)
     assert "dose.csv.gz" in label
     with pytest.raises(ConfigError, match="exactly one"):
-        target_dose_for(case, protocol)
+        target_dose_for(planning)
 
 
 def test_dose_model_prediction_is_the_dose_to_mimic(openkbp_root, protocol, tmp_path):
-    patient = openkbp_root / "validation-pats" / "pt_201"
-    case, _ = load_openkbp_case(patient, protocol)
+    planning = load_planning_patient(openkbp_root / "validation-pats" / "pt_201", protocol)
+    case = planning.case
     config = ModelConfig(channels=(4, 8), strides=(2,), res_units=0, downsample=2, patch=(32, 32, 32))
     torch.manual_seed(0)
     task = make_task("dose", protocol, config)
     network = task.build_network()
     model = save_checkpoint(tmp_path / "dose.pt", task, network)
-    dose, label = target_dose_for(case, protocol, dose_model=str(model))
+    dose, label = target_dose_for(planning, dose_model=str(model))
     np.testing.assert_array_equal(dose, loop.predict(network, task, case))
     assert "dose.pt" in label
     seg = make_task("seg", protocol, config)
     with pytest.raises(ValueError, match="give a dose model"):
-        target_dose_for(case, protocol, dose_model=str(save_checkpoint(tmp_path / "seg.pt", seg, seg.build_network())))
+        target_dose_for(planning, dose_model=str(save_checkpoint(tmp_path / "seg.pt", seg, seg.build_network())))
 
 
 def test_seg_model_contours_only_the_missing_oars(openkbp_root, protocol, tmp_path):
@@ -68,8 +69,10 @@ def test_seg_model_contours_only_the_missing_oars(openkbp_root, protocol, tmp_pa
             if isinstance(module, torch.nn.Conv3d) and module.out_channels == len(protocol.oars):
                 module.weight.zero_()
                 module.bias.fill_(5.0)
-    added = contour_missing_oars(case, str(save_checkpoint(tmp_path / "seg.pt", seg, network)))
+    checkpoint = save_checkpoint(tmp_path / "seg.pt", seg, network)
+    added, label = contour_missing_oars(case, str(checkpoint))
     assert added == ["Esophagus", "Larynx"]
+    assert label.startswith("checkpoint sha256:")
     for name, mask in given.items():
         np.testing.assert_array_equal(case.structures[name], mask)
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pydicom
 import pytest
-from dicom_cases import dice
+from dicom_cases import dciodvfy_errors, dice
 
 from configs.compose import compose
 from fedrt.cli import main
 from models.centralized import run_training
 from models.checkpoint import load_checkpoint
 from protocols.dicom.export import export_case
+from protocols.dicom.header import StudyContext
 from protocols.dicom.rtstruct import rasterise_roi, read_structure_set
 from protocols.openkbp import load_openkbp_case
 from protocols.validation import CaseReport
@@ -35,7 +36,9 @@ def dicom_ct(openkbp_root, protocol, tmp_path_factory):
     """A shared patient exported as DICOM (CT + RTSTRUCT + RTDOSE) to feed the runtime a real DICOM folder."""
     case, _ = load_openkbp_case(openkbp_root / "validation-pats" / "pt_201", protocol)
     out = tmp_path_factory.mktemp("dicom") / "pt_201"
-    export_case(case, out, protocol=protocol)
+    export_case(case, out, protocol=protocol, context=StudyContext(
+        "201-HN", "head^neck", patient_birth_date="19500101", patient_sex="O", study_date="20200101",
+        study_time="093000", study_id="7", accession_number="A17", referring_physician="physician^ref"))
     return out
 
 
@@ -49,7 +52,7 @@ def _read_back(rtstruct_path, grid):
 def test_segment_dicom_ct_references_the_input_series_and_matches_its_masks(seg_model, dicom_ct, protocol,
                                                                              tmp_path):
     ct = read_planning_ct(dicom_ct, protocol)
-    result = segment(dicom_ct, seg_model, tmp_path / "out")
+    result = segment(dicom_ct, seg_model, tmp_path / "out", "models:/fedrt-hn-openkbp-seg/3")
     assert set(result.masks) == set(protocol.oars)
     assert all(mask.shape == ct.grid.shape for mask in result.masks.values())
     assert result.overview.stat().st_size > 10_000
@@ -58,8 +61,19 @@ def test_segment_dicom_ct_references_the_input_series_and_matches_its_masks(seg_
     assert series.SeriesInstanceUID == ct.reference.series_uid
     assert ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID == ct.context.frame_of_reference_uid
     assert any(mask.any() for mask in result.masks.values()), "the model found no OAR: nothing to read back"
-    for name, mask in result.masks.items():  # an empty mask must read back empty (Dice 1)
-        assert dice(read_back[name], mask) >= 0.95, name
+    assert set(read_back) == {name for name, mask in result.masks.items() if mask.any()}  # no empty ROI
+    assert result.not_found == [name for name, mask in result.masks.items() if not mask.any()]
+    for name in read_back:
+        assert dice(read_back[name], result.masks[name]) >= 0.95, name
+    for roi in ds.StructureSetROISequence:
+        assert roi.ROIGenerationAlgorithm == "AUTOMATIC"
+        assert roi.ROIGenerationDescription == "fedrt seg model models:/fedrt-hn-openkbp-seg/3"
+    source = pydicom.dcmread(sorted(dicom_ct.glob("CT*.dcm"))[0], stop_before_pixels=True)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+                    "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
+        assert ds.get(keyword) == source.get(keyword), keyword
+    assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+    assert dciodvfy_errors(result.rtstruct) == []
 
 
 def test_segment_openkbp_patient_writes_ct_and_rtstruct(seg_model_path, openkbp_root, tmp_path, capsys):
@@ -77,7 +91,7 @@ def test_segment_refuses_a_dose_model_and_a_folder_without_ct(openkbp_root, tmp_
     dose = make_task("dose", seg_model.task.protocol, seg_model.task.model_config)
     with pytest.raises(ValueError, match="give a segmentation model"):
         segment(openkbp_root / "validation-pats" / "pt_201",
-                type(seg_model)(dose, dose.build_network()), tmp_path / "x")
+                type(seg_model)(dose, dose.build_network()), tmp_path / "x", "test")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="exactly one CT series"):
-        segment(tmp_path / "empty", seg_model, tmp_path / "y")
+        segment(tmp_path / "empty", seg_model, tmp_path / "y", "test")

@@ -1,11 +1,13 @@
 """``fedrt plan INPUT (--dose-model MODEL | --target-dose FILE) --out DIR``: a deliverable IMRT plan mimicking a dose.
 
-INPUT is an OpenKBP patient folder. The dose to mimic is predicted by ``--dose-model`` or read from
-``--target-dose``: an OpenKBP prediction file (``fedrt predict`` output, or a patient's ``dose.csv(.gz)``) or an
-RT Dose on the exported case grid. The work is :func:`runtime.planning.pipeline.plan_patient`; this command parses
-the arguments, prints progress per stage and closes with the goals met and a timing breakdown. DIR receives DICOM
-(CT, RTSTRUCT, RTPLAN, RTDOSE), ``plan_dose.csv``, ``plan.json`` and ``report/report.html`` and appears complete or
-not at all.
+INPUT is the patient's own DICOM (a CT series and an RT Structure Set with the targets, optionally the RT Plan
+holding the prescription) or an OpenKBP patient folder. The dose to mimic is predicted by ``--dose-model`` or read
+from ``--target-dose``: an RT Dose (placed by its own geometry; another patient's or frame's is refused) or an
+OpenKBP prediction file (``fedrt predict`` output, or a patient's ``dose.csv(.gz)``). The work is
+:func:`runtime.planning.pipeline.plan_patient`; this command parses the arguments, prints progress per stage and
+closes with the goals met and a timing breakdown. DIR receives ``dicom/`` (for DICOM input RTPLAN and RTDOSE in the
+patient's study and Frame of Reference, an RTSTRUCT only when contours were added; for OpenKBP input a new study
+with its CT), ``plan_dose.csv``, ``plan.json`` and ``report/report.html``, and appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ OUT_FIX = "choose another --out or delete it"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("plan", help="plan a patient: mimic a dose with a deliverable IMRT plan")
-    parser.add_argument("input", type=Path, help="an OpenKBP patient folder (ct.csv, structures, "
-                        "possible_dose_mask, ...)")
+    parser.add_argument("input", type=Path, help="a DICOM folder of one patient (CT series + RTSTRUCT with the "
+                        "targets, optionally the RTPLAN) or an OpenKBP patient folder")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dose-model", help="dose-prediction model (checkpoint or models:/NAME@ALIAS) whose "
                         "prediction is mimicked")
@@ -36,6 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--density-table", help="HU to relative electron density, 'HU:density,...' "
                         "(default a typical CT table)")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML review report")
+    parser.add_argument("--prescription", help="target doses in Gy for the whole course, e.g. PTV70=70,PTV56=56 "
+                        "(used when the input holds no RTPLAN)")
+    parser.add_argument("--fractions", type=int, help="number of fractions (when the input's RTPLAN states none)")
+    parser.add_argument("--names", type=Path, help="structure-name override YAML (canonical: [local names])")
+    parser.add_argument("--write-ct", action="store_true", help="also write the CT the plan was computed on "
+                        "(DICOM input) as a derived series")
     parser.set_defaults(run=run_plan)
 
 
@@ -48,11 +56,14 @@ def run_plan(args: argparse.Namespace) -> int:
     from runtime.planning.density import DensityTable, parse_density_table
     from runtime.planning.pipeline import PlanRequest, plan_patient
     from runtime.planning.plan import PlanConfig
+    from runtime.planning.prescription import parse_prescription
 
     density = parse_density_table(args.density_table) if args.density_table else DensityTable()
     config = PlanConfig(n_beams=args.beams, levels=args.levels, max_iterations=args.iterations, density=density)
     request = PlanRequest(args.input, args.out, load_protocol(args.protocol), config, dose_model=args.dose_model,
-                          target_dose=args.target_dose, seg_model=args.seg_model, report=not args.no_report)
+                          target_dose=args.target_dose, seg_model=args.seg_model, report=not args.no_report,
+                          names=args.names, fractions=args.fractions, write_ct=args.write_ct,
+                          prescription=parse_prescription(args.prescription) if args.prescription else None)
     outcome = plan_patient(request, _progress, OUT_FIX)
     print(format_summary(outcome.summary, outcome.out, outcome.files.rtplan.name))
     return 0
@@ -66,5 +77,8 @@ def format_summary(summary: dict, out: Path, rtplan: str) -> str:
              f"(of {summary['goals_evaluated']}); dose error vs target {summary['dose_error_vs_target_gy']:.2f} Gy",
              "timing (s): " + ", ".join(f"{k} {v:.1f}" for k, v in summary["timings_s"].items())
              + f"; total {summary['total_s']:.1f}",
+             f"prescription {summary['prescription']['doses_gy']} Gy in {summary['prescription']['fractions']} "
+             f"fractions ({summary['prescription']['source']})",
+             *(f"warning: {w}" for w in summary.get("warnings", [])),
              f"wrote {out}/ (dicom/{rtplan}, plan_dose.csv, report/report.html, plan.json)"]
     return "\n".join(lines)

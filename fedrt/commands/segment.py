@@ -15,12 +15,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from models.checkpoint import load_checkpoint
-    from models.registry import resolve_model
+    from models.registry import model_label, resolve_model
     from runtime.segmentation import segment
 
-    result = segment(args.input, load_checkpoint(resolve_model(args.model)), args.out)
+    path = resolve_model(args.model)
+    result = segment(args.input, load_checkpoint(path), args.out, model_label(args.model))
     found = [name for name, mask in result.masks.items() if mask.any()]
     print(f"segmented {len(found)} of {len(result.masks)} OARs: {', '.join(found) or 'none'}")
+    if result.not_found:
+        print(f"not found (no ROI written): {', '.join(result.not_found)}")
     print("timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items())
           + f", total {sum(result.timings_s.values()):.1f} s")
     print(f"overview: {result.overview}")

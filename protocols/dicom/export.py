@@ -8,6 +8,8 @@ is a multi-frame 16-bit grid on the CT grid with relative GridFrameOffsetVector 
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from protocols.protocol import Protocol
 
 PALETTE = ((255, 0, 0), (0, 160, 255), (0, 200, 0), (255, 160, 0), (200, 0, 255), (0, 220, 200),
            (255, 90, 160), (150, 110, 40), (120, 120, 255), (200, 200, 0))
+LO_MAX_CHARS = 64  # a DICOM long string holds at most 64 characters
 DOSE_MAX_STORED = 2**16 - 1  # 16-bit dose: steps of max/65535 (about 1 mGy), read by every system
 
 
@@ -72,7 +75,7 @@ def write_ct_series(ct_hu: np.ndarray, grid: VolumeGrid, folder: Path, context: 
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
         ds.PatientPosition = "HFS"
         ds.Laterality = ""  # type 2C, unknown for arrays without anatomy metadata (dciodvfy: a warning)
-        ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
+        ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
         ds.AcquisitionNumber = 1
         ds.PatientOrientation = ""
         ds.ImagePositionPatient = [float(v) for v in grid.to_mm((0, 0, k))]
@@ -93,11 +96,16 @@ def write_ct_series(ct_hu: np.ndarray, grid: VolumeGrid, folder: Path, context: 
 
 
 def write_rtstruct(masks: dict[str, np.ndarray], grid: VolumeGrid, ct: CtReference, path: Path,
-                   context: StudyContext, interpreted_types: dict[str, str] | None = None) -> Path:
-    """An RT Structure Set with one ROI per mask, contoured on the referenced CT slices."""
+                   context: StudyContext, interpreted_types: dict[str, str] | None = None,
+                   generation: dict[str, str] | None = None) -> Path:
+    """An RT Structure Set with one ROI per mask, contoured on the referenced CT slices.
+
+    ``generation`` names the ROIs fedrt drew and what drew them (e.g. the model): those are written
+    ``AUTOMATIC`` with that description; the others' generation is left unknown (empty).
+    """
     ds = new_dataset(context, RT_STRUCTURE_SET_STORAGE, "RTSTRUCT", 2, "Structures")
     ds.StructureSetLabel = "fedrt"
-    ds.StructureSetDate, ds.StructureSetTime = ds.StudyDate, ds.StudyTime
+    ds.StructureSetDate, ds.StructureSetTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     frame = Dataset()
     frame.FrameOfReferenceUID = context.frame_of_reference_uid
     study = Dataset()
@@ -112,29 +120,66 @@ def write_rtstruct(masks: dict[str, np.ndarray], grid: VolumeGrid, ct: CtReferen
     rois, contours, observations = [], [], []
     types = interpreted_types or {}
     for number, (name, mask) in enumerate(masks.items(), start=1):
-        roi = Dataset()
-        roi.ROINumber = number
-        roi.ReferencedFrameOfReferenceUID = context.frame_of_reference_uid
-        roi.ROIName = name
-        roi.ROIGenerationAlgorithm = "MANUAL"
-        rois.append(roi)
-        item = Dataset()
-        item.ROIDisplayColor = list(PALETTE[(number - 1) % len(PALETTE)])
-        item.ContourSequence = Sequence(_contours(mask, grid, ct))
-        item.ReferencedROINumber = number
-        if not item.ContourSequence:
-            del item.ContourSequence
-        contours.append(item)
-        observation = Dataset()
-        observation.ObservationNumber = number
-        observation.ReferencedROINumber = number
-        observation.RTROIInterpretedType = types.get(name, "ORGAN")
-        observation.ROIInterpreter = ""
-        observations.append(observation)
+        items = roi_items(number, name, mask, grid, ct, context.frame_of_reference_uid, types.get(name, "ORGAN"),
+                          (generation or {}).get(name))
+        for items_of_kind, item in zip((rois, contours, observations), items, strict=True):
+            items_of_kind.append(item)
     ds.StructureSetROISequence = Sequence(rois)
     ds.ROIContourSequence = Sequence(contours)
     ds.RTROIObservationsSequence = Sequence(observations)
     return save_dataset(ds, path)
+
+
+def roi_items(number: int, name: str, mask: np.ndarray, grid: VolumeGrid, ct: CtReference, frame_uid: str,
+              interpreted_type: str, generated_by: str | None) -> tuple[Dataset, Dataset, Dataset]:
+    """One ROI's StructureSetROI, ROIContour and RTROIObservations items."""
+    roi = Dataset()
+    roi.ROINumber = number
+    roi.ReferencedFrameOfReferenceUID = frame_uid
+    roi.ROIName = name
+    roi.ROIGenerationAlgorithm = "AUTOMATIC" if generated_by else ""
+    if generated_by:
+        roi.ROIGenerationDescription = generated_by[:LO_MAX_CHARS]
+    item = Dataset()
+    item.ROIDisplayColor = list(PALETTE[(number - 1) % len(PALETTE)])
+    item.ContourSequence = Sequence(_contours(mask, grid, ct))
+    item.ReferencedROINumber = number
+    if not item.ContourSequence:
+        del item.ContourSequence
+    observation = Dataset()
+    observation.ObservationNumber = number
+    observation.ReferencedROINumber = number
+    observation.RTROIInterpretedType = interpreted_type
+    observation.ROIInterpreter = ""
+    return roi, item, observation
+
+
+def add_rois(structure_set: Dataset, masks: dict[str, np.ndarray], grid: VolumeGrid, ct: CtReference,
+             generated_by: str, path: Path) -> tuple[Path, dict[str, int]]:
+    """A new version of a patient's structure set: all its ROIs, plus ``masks`` drawn by ``generated_by``.
+
+    The copy gets its own instance and series (same study and frame of reference); returns the file and the
+    ROI number of every ROI by name.
+    """
+    ds = copy.deepcopy(structure_set)
+    now = dt.datetime.now()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.StructureSetDate, ds.StructureSetTime = ds.InstanceCreationDate, ds.InstanceCreationTime
+    ds.StructureSetLabel = "fedrt"
+    ds.SeriesDescription = "Structures + fedrt auto-contours"
+    frame = str(ds.get("FrameOfReferenceUID", "") or ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID)
+    numbers = {str(r.ROIName): int(r.ROINumber) for r in ds.StructureSetROISequence}
+    for name, mask in masks.items():
+        number = max(numbers.values(), default=0) + 1
+        roi, contour, observation = roi_items(number, name, mask, grid, ct, frame, "ORGAN", generated_by)
+        ds.StructureSetROISequence.append(roi)
+        ds.ROIContourSequence.append(contour)
+        ds.RTROIObservationsSequence.append(observation)
+        numbers[name] = number
+    return save_dataset(ds, path), numbers
 
 
 def _image_ref(uid: str) -> Dataset:
@@ -146,12 +191,14 @@ def _image_ref(uid: str) -> Dataset:
 
 def _contours(mask: np.ndarray, grid: VolumeGrid, ct: CtReference) -> list[Dataset]:
     items = []
+    on_slices = len(ct.sop_instance_uids) == grid.shape[2]  # a resampled series has no slice to reference
     for k in np.flatnonzero(mask.any(axis=(0, 1))):
         for ring in trace_polygons(mask[:, :, k]):
             index = np.column_stack([ring[:, 1], ring[:, 0], np.full(len(ring), float(k))])
             points = grid.to_mm(index)
             item = Dataset()
-            item.ContourImageSequence = Sequence([_image_ref(ct.sop_instance_uids[k])])
+            if on_slices:
+                item.ContourImageSequence = Sequence([_image_ref(ct.sop_instance_uids[k])])
             item.ContourGeometricType = "CLOSED_PLANAR"
             item.NumberOfContourPoints = len(points)
             item.ContourData = [f"{v:.3f}".rstrip("0").rstrip(".") for v in points.ravel()]
@@ -163,7 +210,7 @@ def write_rtdose(dose_gy: np.ndarray, grid: VolumeGrid, path: Path, context: Stu
                  plan_uid: str) -> Path:
     """A multi-frame RT Dose (unsigned 16-bit, DoseGridScaling in Gy) on the grid, frames superior first."""
     ds = new_dataset(context, RT_DOSE_STORAGE, "RTDOSE", 3, "Dose")
-    ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
+    ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     dose = np.maximum(np.asarray(dose_gy, dtype=np.float64), 0.0)
     scaling = float(dose.max()) / DOSE_MAX_STORED if dose.max() > 0 else 1.0
     scaling = float(f"{scaling:.8e}")  # DS holds at most 16 characters; round before scaling the pixels
@@ -190,7 +237,7 @@ def write_rtdose(dose_gy: np.ndarray, grid: VolumeGrid, path: Path, context: Stu
 
 
 def write_study(case: Case, folder: Path, grid: VolumeGrid, protocol: Protocol | None,
-                context: StudyContext) -> ExportedStudy:
+                context: StudyContext, generation: dict[str, str] | None = None) -> ExportedStudy:
     """Write a case as CT series + RTSTRUCT (+ RTDOSE when it has a dose) into an existing folder.
 
     Targets of ``protocol`` get the interpreted type PTV, other structures ORGAN (without a protocol, names
@@ -203,7 +250,7 @@ def write_study(case: Case, folder: Path, grid: VolumeGrid, protocol: Protocol |
     types = {name: "PTV" if name in targets else "ORGAN" for name in case.structures}
     ct_ref, ct_files = write_ct_series(case.ct_hu, grid, folder, context)
     masks = {name: mask for name, mask in case.structures.items() if mask.any()}
-    rtstruct = write_rtstruct(masks, grid, ct_ref, folder / "RTSTRUCT.dcm", context, types)
+    rtstruct = write_rtstruct(masks, grid, ct_ref, folder / "RTSTRUCT.dcm", context, types, generation)
     rtdose = None
     if case.dose_gy is not None:
         rtdose = write_rtdose(case.dose_gy, grid, folder / "RTDOSE.dcm", context, generate_uid())

@@ -52,6 +52,25 @@ class VolumeGrid:
                 and np.allclose(self.origin_mm, other.origin_mm, atol=tol_mm))
 
 
+def aligned_grid(reference: VolumeGrid, cover: VolumeGrid) -> VolumeGrid:
+    """A grid on ``reference``'s voxel lattice (every n-th voxel, n the nearest integer to ``cover``'s spacing over
+    ``reference``'s) spanning the part of ``cover`` inside ``reference``: e.g. a dose grid aligned with the CT.
+    """
+    corners = reference.to_index(cover.to_mm(np.array([[0, 0, 0], np.asarray(cover.shape) - 1], dtype=float)))
+    start, shape, spacing = [], [], []
+    for axis in range(3):
+        stride = max(1, round(cover.spacing_mm[axis] / reference.spacing_mm[axis]))
+        low = max(0, int(np.ceil(corners[:, axis].min() - SNAP)))
+        high = min(reference.shape[axis] - 1, int(np.floor(corners[:, axis].max() + SNAP)))
+        if high < low:
+            raise ValueError("the grids do not overlap")
+        start.append(low)
+        shape.append((high - low) // stride + 1)
+        spacing.append(reference.spacing_mm[axis] * stride)
+    origin = reference.to_mm(np.asarray(start, dtype=float))
+    return VolumeGrid(tuple(shape), tuple(float(v) for v in spacing), tuple(float(v) for v in origin))
+
+
 def _interp_axis(array: np.ndarray, axis: int, coords: np.ndarray, order: int, cval: float) -> np.ndarray:
     """Sample ``array`` along one axis at fractional indices; outside [0, n-1] gives ``cval``."""
     n = array.shape[axis]

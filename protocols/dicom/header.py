@@ -22,13 +22,36 @@ DS_MAX_CHARS = 16  # a DICOM decimal string holds at most 16 characters
 
 @dataclass
 class StudyContext:
-    """Who and what the written objects belong to: patient, study and frame of reference."""
+    """Who and what the written objects belong to: patient, study and frame of reference.
+
+    A new study by default; :meth:`of_image` copies an existing image's patient and study, so that objects
+    written for a patient's own CT join that patient's study.
+    """
 
     patient_id: str
     patient_name: str = ""
     study_uid: str = field(default_factory=generate_uid)
     frame_of_reference_uid: str = field(default_factory=generate_uid)
     when: dt.datetime = field(default_factory=dt.datetime.now)
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    study_date: str = ""  # empty: a new study, dated when the objects are written
+    study_time: str = ""
+    study_id: str = "1"
+    accession_number: str = ""
+    referring_physician: str = ""
+
+    @classmethod
+    def of_image(cls, ds: Dataset) -> StudyContext:
+        """The patient, study and frame of reference of an existing image (e.g. the planning CT), copied."""
+        def value(keyword: str) -> str:
+            return str(ds.get(keyword, "") or "").strip()
+
+        return cls(value("PatientID"), value("PatientName"), value("StudyInstanceUID"),
+                   value("FrameOfReferenceUID"), patient_birth_date=value("PatientBirthDate"),
+                   patient_sex=value("PatientSex"), study_date=value("StudyDate"), study_time=value("StudyTime"),
+                   study_id=value("StudyID"), accession_number=value("AccessionNumber"),
+                   referring_physician=value("ReferringPhysicianName"))
 
     @property
     def person_name(self) -> str:
@@ -72,13 +95,14 @@ def new_dataset(context: StudyContext, sop_class: str, modality: str, series_num
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     ds.PatientName = context.person_name
     ds.PatientID = context.patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
+    ds.PatientBirthDate = context.patient_birth_date
+    ds.PatientSex = context.patient_sex
     ds.StudyInstanceUID = context.study_uid
-    ds.StudyDate, ds.StudyTime = date, time
-    ds.StudyID = "1"
-    ds.AccessionNumber = ""
-    ds.ReferringPhysicianName = ""
+    ds.StudyDate = context.study_date or date
+    ds.StudyTime = context.study_time or (time if not context.study_date else "")
+    ds.StudyID = context.study_id
+    ds.AccessionNumber = context.accession_number
+    ds.ReferringPhysicianName = context.referring_physician
     ds.Modality = modality
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.SeriesNumber = series_number

@@ -101,13 +101,17 @@ class StageClock:
 
 
 def make_plan(case: Case, protocol: Protocol, target_dose_gy: np.ndarray, config: PlanConfig = PlanConfig(),
-              progress: Progress | None = None, clock: StageClock | None = None) -> PlanResult:
-    """Plan a case to mimic ``target_dose_gy`` (Gy on the case grid, the whole course)."""
+              progress: Progress | None = None, clock: StageClock | None = None,
+              origin_lps: tuple[float, float, float] | None = None) -> PlanResult:
+    """Plan a case to mimic ``target_dose_gy`` (Gy on the case grid, the whole course).
+
+    ``origin_lps`` places voxel [0, 0, 0] in the patient's coordinates (default: the grid centred on the origin).
+    """
     if target_dose_gy.shape != case.shape:
         raise ValueError(f"target dose shape {target_dose_gy.shape} does not match the case grid {case.shape}")
     clock = clock or StageClock(progress)
     with clock.stage("geometry"):
-        frame = PatientFrame.for_case(case)
+        frame = PatientFrame.for_case(case, origin_lps)
         targets = target_union(case, protocol)
         if not targets.any():
             raise DataError(f"{case.patient_id}: no target contoured ({', '.join(protocol.targets)}); contour a "

@@ -82,8 +82,8 @@ def _cell(result: GoalResult) -> str:
 
 
 def write_report(folder: Path, case: Case, protocol: Protocol, plan: PlanResult, target_dose_gy: np.ndarray,
-                 target_label: str, timings_s: dict[str, float]) -> Path:
-    """Write ``report.html`` and its PNGs into ``folder``; returns the HTML path."""
+                 target_label: str, timings_s: dict[str, float], warnings: list[str] = ()) -> Path:
+    """Write ``report.html`` and its PNGs into ``folder``; returns the HTML path (``warnings`` listed on top)."""
     folder.mkdir(parents=True, exist_ok=True)
     centre = np.rint(plan.frame.to_index(np.asarray([plan.isocenter_lps]))[0]).astype(int)
     centre = np.clip(centre, 0, np.asarray(case.shape) - 1)
@@ -102,6 +102,10 @@ def write_report(folder: Path, case: Case, protocol: Protocol, plan: PlanResult,
     total = sum(timings_s.values())
     times = "\n".join(f"<tr><td>{html.escape(k)}</td><td>{v:.1f}</td></tr>" for k, v in timings_s.items())
     iso = ", ".join(f"{v:g}" for v in plan.isocenter_lps)
+    rx = ", ".join(f"{t} {protocol.structure(t).prescription_gy:g} Gy" for t in protocol.targets
+                   if case.mask(t).any())
+    notes = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    notes = f'<h2>Warnings</h2><ul class="fail">{notes}</ul>' if notes else ""
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>fedrt plan {html.escape(case.patient_id)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
@@ -110,9 +114,10 @@ td,th{{border:1px solid #bbb;padding:3px 8px;text-align:right}} td:first-child{{
 <h1>Plan review: {html.escape(case.patient_id)} ({html.escape(protocol.name)})</h1>
 <p>Mimicked dose: {html.escape(target_label)}. {len(plan.beams)} coplanar 6 MV beams, isocentre ({iso}) mm LPS,
 {plan.n_segments} step-and-shoot segments, {plan.total_mu / plan.fractions:.0f} MU per fraction,
-{plan.fractions} fractions. The plan dose is recomputed from the MLC segments. Clinical goals met: plan {met[0]},
-target dose {met[1]}, of {evaluated}.</p>
+{plan.fractions} fractions, prescription {html.escape(rx)}. The plan dose is recomputed from the MLC segments.
+Clinical goals met: plan {met[0]}, target dose {met[1]}, of {evaluated}.</p>
 <p><b>For review by a qualified physicist: not for treatment without independent dose verification.</b></p>
+{notes}
 <h2>Clinical goals</h2>
 <table><tr><th>goal</th><th>limit (Gy)</th><th>target dose (Gy)</th><th></th><th>plan (Gy)</th><th></th></tr>
 {rows}</table>

@@ -139,18 +139,15 @@ def build_rtplan(plan: PlanResult, protocol: Protocol, context: StudyContext, st
     ref.ReferencedSOPInstanceUID = structure_set_uid
     ds.ReferencedStructureSetSequence = Sequence([ref])
     refs = []
-    for number, name in enumerate(protocol.targets, start=1):
+    for number, name in enumerate((t for t in protocol.targets if t in roi_numbers), start=1):
         item = Dataset()
         item.DoseReferenceNumber = number
         item.DoseReferenceUID = generate_uid()
         item.DoseReferenceDescription = name
         item.DoseReferenceType = "TARGET"
         item.TargetPrescriptionDose = float(protocol.structure(name).prescription_gy)
-        if name in roi_numbers:
-            item.DoseReferenceStructureType = "VOLUME"
-            item.ReferencedROINumber = roi_numbers[name]
-        else:
-            item.DoseReferenceStructureType = "SITE"
+        item.DoseReferenceStructureType = "VOLUME"
+        item.ReferencedROINumber = roi_numbers[name]
         refs.append(item)
     ds.DoseReferenceSequence = Sequence(refs)
     setup = Dataset()

@@ -1,0 +1,158 @@
+"""What a plan is made for: one patient, read from an OpenKBP folder or from the patient's own DICOM.
+
+For DICOM (a CT series, an RT Structure Set with the targets, optionally an RT Plan) the case is resampled onto
+the protocol grid where the patient is (``protocols.dicom.importer.protocol_grid``), so that the models and the dose
+engine work on their grid while everything written back sits in the CT's Frame of Reference. The patient's own
+prescription (``runtime.planning.prescription``) replaces the protocol's, and a scan too short for the beams is
+reported.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from protocols.case import Case
+from protocols.dicom.attributes import text
+from protocols.dicom.export import CtReference, centred_grid
+from protocols.dicom.geometry import VolumeGrid
+from protocols.dicom.header import StudyContext
+from protocols.dicom.importer import SIDECAR, read_sidecar_grid, scan_folder, to_protocol_grid
+from protocols.dicom.names import build_name_table
+from protocols.dicom.study import DicomCase, PatientFiles, read_patient
+from protocols.errors import DataNotFoundError, DicomError
+from protocols.openkbp import is_patient_dir, load_openkbp_case
+from protocols.protocol import Protocol
+from protocols.validation import CaseReport, DataValidationError, Policy, Severity
+from runtime.planning.prescription import Prescription, resolve_prescription
+
+SCAN_MARGIN_MM = 20.0  # CT beyond the targets that the beams' penumbra and scatter need
+PLANNED_POSITION = "HFS"  # the beam geometry of the dose engine and the RT Plan
+# Import findings about training use (no dose to learn from, a plan unlike the protocol's) that say nothing
+# about a plan made with the patient's own prescription.
+TRAINING_ONLY = ("no-dose", "fractions", "prescription")
+
+
+@dataclass
+class DicomInput:
+    """The patient's own DICOM that the written plan joins: study and frame, CT, structure set."""
+
+    context: StudyContext
+    ct_grid: VolumeGrid
+    ct_reference: CtReference
+    structure_set: Dataset
+    roi_numbers: dict[str, int]  # ROI name -> ROI number in the structure set
+    roi_names: dict[str, str]  # canonical name -> the patient's ROI name
+
+
+@dataclass
+class PlanningPatient:
+    """One patient ready to plan: the case on the planning grid and where that grid sits in patient space."""
+
+    case: Case
+    grid: VolumeGrid
+    protocol: Protocol  # with the patient's prescription
+    prescription: Prescription
+    dicom: DicomInput | None = None
+    frame_of_reference_uid: str = ""  # of the patient's CT, when known
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_planning_patient(source: Path, protocol: Protocol, names: Path | None = None,
+                          given: dict[str, float] | None = None, fractions: int | None = None) -> PlanningPatient:
+    """Read the patient in ``source`` (an OpenKBP patient folder or a DICOM folder of one patient)."""
+    source = Path(source)
+    if is_patient_dir(source):
+        return _openkbp_patient(source, protocol, given, fractions)
+    if not source.is_dir():
+        raise DataNotFoundError(f"{source} does not exist; give a DICOM folder (CT series + RTSTRUCT with the "
+                                "targets) or an OpenKBP patient folder")
+    return _dicom_patient(source, protocol, names, given, fractions)
+
+
+def _openkbp_patient(source: Path, protocol: Protocol, given: dict[str, float] | None,
+                     fractions: int | None) -> PlanningPatient:
+    case, _ = load_openkbp_case(source, protocol, Policy.RAISE, require_dose=False)
+    targets = {name: name for name in protocol.targets if case.mask(name).any()}
+    prescription = resolve_prescription(protocol, targets, given=given, fractions=fractions, named=False)
+    grid = read_sidecar_grid(source) or centred_grid(case.shape, case.spacing_mm)
+    frame = ""
+    if (source / SIDECAR).is_file():
+        frame = str(json.loads((source / SIDECAR).read_text()).get("uids", {}).get("frame_of_reference", ""))
+    return PlanningPatient(case, grid, protocol.with_prescription(prescription.doses_gy, prescription.fractions),
+                           prescription, frame_of_reference_uid=frame, warnings=list(prescription.notes))
+
+
+def _one_patient(source: Path) -> PatientFiles:
+    patients, skipped = scan_folder(source)
+    if len(patients) == 1:
+        return next(iter(patients.values()))
+    if not patients:
+        why = "; ".join(f.message for f in skipped.findings[:3]) or "no DICOM file"
+        raise DicomError(f"{source}: no patient's CT or RT objects found ({why}); give the folder of one patient's "
+                         "planning CT and structure set")
+    raise DicomError(f"{source}: {len(patients)} patients ({', '.join(patients)}); give the folder of one patient")
+
+
+def _dicom_patient(source: Path, protocol: Protocol, names: Path | None, given: dict[str, float] | None,
+                   fractions: int | None) -> PlanningPatient:
+    files = _one_patient(source)
+    report = CaseReport(files.patient_id, source)
+    dicom_case = read_patient(files, protocol, build_name_table(protocol, names), report)
+    if dicom_case is None or not report.usable:
+        raise DataValidationError(report)
+    first_ct = next(ds for _, ds in files.ct_series[dicom_case.uids["ct_series"]])
+    position = text(first_ct, "PatientPosition", PLANNED_POSITION).upper()
+    if position != PLANNED_POSITION:
+        raise DicomError(f"{source}: the CT was scanned {position}; fedrt's beam geometry plans head-first supine "
+                         f"({PLANNED_POSITION}) patients only; plan this patient in the planning system")
+    case, grid = to_protocol_grid(dicom_case, protocol, report)
+    rtstruct_path = next(p for p, ds in files.structure_sets
+                         if text(ds, "SOPInstanceUID") == dicom_case.uids["structure_set"])
+    structure_set = pydicom.dcmread(rtstruct_path)
+    roi_numbers = {str(r.ROIName): int(r.ROINumber) for r in structure_set.StructureSetROISequence}
+    targets = {c: dicom_case.names.matched[c] for c in protocol.targets
+               if c in dicom_case.names.matched and case.mask(c).any()}
+    prescription = resolve_prescription(protocol, targets, dicom_case.plan, roi_numbers, given, fractions)
+    warnings = [f"{f.message} [{Path(f.path).name if f.path else source.name}]" for f in report.findings
+                if f.severity is Severity.WARNING and f.code not in TRAINING_ONLY]
+    warnings += scan_length_warnings(dicom_case, protocol.targets)
+    dicom = DicomInput(StudyContext.of_image(first_ct), dicom_case.grid, _ct_reference(files, dicom_case),
+                       structure_set, roi_numbers, dict(dicom_case.names.matched))
+    return PlanningPatient(case, grid, protocol.with_prescription(prescription.doses_gy, prescription.fractions),
+                           prescription, dicom, dicom_case.uids["frame_of_reference"],
+                           warnings + prescription.notes)
+
+
+def _ct_reference(files: PatientFiles, dicom_case: DicomCase) -> CtReference:
+    """The input CT's series and its slices' SOP instances, superior first (the case's axis 2)."""
+    slices = [ds for _, ds in files.ct_series[dicom_case.uids["ct_series"]]]
+    unique = {text(ds, "SOPInstanceUID"): float(ds.ImagePositionPatient[2]) for ds in slices}
+    return CtReference(dicom_case.uids["ct_series"], tuple(sorted(unique, key=lambda uid: -unique[uid])))
+
+
+def scan_length_warnings(dicom_case: DicomCase, target_names: tuple[str, ...]) -> list[str]:
+    """Warnings when the CT ends at the targets or too close to them for the beams' penumbra and scatter."""
+    grid, case = dicom_case.grid, dicom_case.case
+    targets = np.zeros(case.shape, dtype=bool)
+    for name in target_names:
+        targets |= case.mask(name)
+    slices = np.flatnonzero(targets.any(axis=(0, 1)))
+    if slices.size == 0:
+        return []
+    step = grid.spacing_mm[2]
+    out = []
+    for end, margin_mm in (("superior", slices[0] * step), ("inferior", (case.shape[2] - 1 - slices[-1]) * step)):
+        if margin_mm < 0.5 * step:
+            out.append(f"the targets touch the {end} end of the CT ({case.shape[2]} slices, "
+                       f"{(case.shape[2] - 1) * step:.0f} mm): the dose beyond it is not computed; rescan or "
+                       f"export the whole planning CT (at least {SCAN_MARGIN_MM:.0f} mm beyond the targets)")
+        elif margin_mm < SCAN_MARGIN_MM:
+            out.append(f"the CT extends only {margin_mm:.0f} mm beyond the targets at its {end} end; the beams' "
+                       f"penumbra and scatter need at least {SCAN_MARGIN_MM:.0f} mm: export the whole planning CT")
+    return out
