@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 from protocols.case import Case
 from protocols.dicom.ct import CT_IMAGE_STORAGE
 from protocols.dicom.geometry import VolumeGrid
-from protocols.dicom.header import StudyContext, new_dataset, save_dataset
+from protocols.dicom.header import MANUFACTURER, StudyContext, new_dataset, save_dataset, software_version
 from protocols.dicom.raster import trace_polygons
 from protocols.dicom.rtdose import RT_DOSE_STORAGE
 from protocols.dicom.rtplan import RT_PLAN_STORAGE
@@ -171,6 +171,10 @@ def add_rois(structure_set: Dataset, masks: dict[str, np.ndarray], grid: VolumeG
     ds.StructureSetLabel = "fedrt"
     ds.SeriesDescription = "Structures + fedrt auto-contours"
     frame = str(ds.get("FrameOfReferenceUID", "") or ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID)
+    for keyword, value in (("OperatorsName", ""), ("FrameOfReferenceUID", frame), ("PositionReferenceIndicator", "")):
+        if keyword not in ds:  # modules the source system left incomplete: this new object is whole
+            setattr(ds, keyword, value)
+    ds.Manufacturer, ds.SoftwareVersions = MANUFACTURER, software_version()
     numbers = {str(r.ROIName): int(r.ROINumber) for r in ds.StructureSetROISequence}
     for name, mask in masks.items():
         number = max(numbers.values(), default=0) + 1
