@@ -40,18 +40,26 @@ class Finding:
     fix: str = ""
 
     def __str__(self) -> str:
+        """The finding without its severity, so an exception built from findings reads "error: CODE: ..." once, in
+        the CLI's words; lists of findings of mixed severity use :meth:`labelled`.
+        """
         where = f" [{self.path}]" if self.path else ""
         fix = f" Fix: {self.fix}" if self.fix else ""
-        return f"{self.severity}: {self.code}: {self.message}{where}.{fix}"
+        return f"{self.code}: {self.message}{where}.{fix}"
+
+    def labelled(self) -> str:
+        """The finding with its severity first, for a list of findings (a report, a log)."""
+        return f"{self.severity}: {self}"
 
 
 @dataclass
 class CaseReport:
-    """Everything found while reading one case."""
+    """Everything found while reading one case, or (``of_patient`` False) about files that belong to no case."""
 
     patient_id: str
     path: Path | None
     findings: list[Finding] = field(default_factory=list)
+    of_patient: bool = True
 
     def add(self, severity: Severity, code: str, message: str, path: Path | None = None, fix: str = "") -> None:
         self.findings.append(Finding(severity, code, message, path, fix))
@@ -84,7 +92,7 @@ class DataValidationError(DataError):
     def __init__(self, report: CaseReport):
         self.report = report
         lines = [f"patient {report.patient_id} ({report.path}) failed validation:"]
-        lines += [f"  {f}" for f in report.findings if f.severity != Severity.NOTE]
+        lines += [f"  {f.labelled()}" for f in report.findings if f.severity != Severity.NOTE]
         super().__init__("\n".join(lines))
 
 
@@ -97,21 +105,26 @@ def apply_policy(report: CaseReport, policy: Policy | str) -> None:
     if policy == Policy.RAISE:
         raise DataValidationError(report)
     for finding in serious:
-        log.warning("patient %s: %s", report.patient_id, finding)
+        log.warning("patient %s: %s", report.patient_id, finding.labelled())
 
 
 def format_reports(reports: list[CaseReport]) -> str:
-    """One line per patient, then its findings indented; a summary line at the end."""
+    """One line per patient, then its findings indented; the files of no patient after them; a summary line that
+    counts patients only.
+    """
+    patients = [r for r in reports if r.of_patient]
+    others = [r for r in reports if not r.of_patient]
     lines = []
-    for report in reports:
+    for report in patients + others:
         notes = [f.message for f in report.findings if f.severity == Severity.NOTE]
         lines.append(f"{report.patient_id:<12} {report.status:<8} {report.path}")
-        lines += [f"    {f}" for f in report.findings if f.severity != Severity.NOTE]
+        lines += [f"    {f.labelled()}" for f in report.findings if f.severity != Severity.NOTE]
         if notes:
             lines.append(f"    note: {'; '.join(notes)}")
-    counts = {s: sum(r.status == s for r in reports) for s in ("ok", "warning", "error")}
-    lines.append(f"{len(reports)} patients: {counts['ok']} ok, {counts['warning']} with warnings, "
-                 f"{counts['error']} unusable")
+    counts = {s: sum(r.status == s for r in patients) for s in ("ok", "warning", "error")}
+    summary = (f"{len(patients)} patients: {counts['ok']} ok, {counts['warning']} with warnings, "
+               f"{counts['error']} unusable")
+    lines.append(summary + "".join(f"; {r.patient_id}: {len(r.findings)} files" for r in others))
     return "\n".join(lines)
 
 

@@ -80,7 +80,7 @@ def read_ct_series(slices: list[tuple[Path, Dataset]], report: CaseReport) -> Ct
         report.add(Severity.ERROR, "gantry-tilt", f"GantryDetectorTilt {max(tilt, key=abs):g} deg", folder,
                    "resample the series to an untilted grid (e.g. plastimatch convert) and re-export it")
         return None
-    result = stack_to_volume(stack, report, folder, "CT")
+    result = stack_to_volume(stack, report, folder, _series_name(list(unique.values())))
     if result is None:
         return None
     volume, grid = result
@@ -96,6 +96,12 @@ def read_ct_series(slices: list[tuple[Path, Dataset]], report: CaseReport) -> Ct
         sop_instance_uids=tuple(list(unique)[i] for i in order),
         folder=folder,
     )
+
+
+def _series_name(slices: list[tuple[Path, Dataset]]) -> str:
+    """How findings about the whole series name it: by its files, e.g. "CT (CT.001.dcm .. CT.120.dcm, 120 files)"."""
+    names = sorted(path.name for path, _ in slices)
+    return f"CT ({names[0]})" if len(names) == 1 else f"CT ({names[0]} .. {names[-1]}, {len(names)} files)"
 
 
 def _plane_header(ds: Dataset) -> tuple[np.ndarray, np.ndarray, tuple[float, float], tuple[int, int]]:

@@ -36,7 +36,7 @@ from protocols.dicom.names import build_name_table
 from protocols.dicom.rtdose import RT_DOSE_STORAGE
 from protocols.dicom.rtplan import RT_PLAN_STORAGE
 from protocols.dicom.rtstruct import RT_STRUCTURE_SET_STORAGE
-from protocols.dicom.study import DicomCase, PatientFiles, read_patient
+from protocols.dicom.study import FIX_DAMAGED, NOT_USED, DicomCase, PatientFiles, read_patient, unused_object
 from protocols.errors import ConfigError, DataError, DataNotFoundError, DicomError
 from protocols.openkbp import write_openkbp_case
 from protocols.protocol import Protocol, load_protocol
@@ -45,26 +45,37 @@ from protocols.validation import CaseReport, DataValidationError, Policy, Severi
 log = logging.getLogger(__name__)
 SIDECAR = "dicom_import.json"
 UNASSIGNED = "(unassigned files)"
+NO_PATIENT_ID = "no-patient-id"  # the finding of a CT or RT file without PatientID or PatientName
 UNDEFINED_LENGTH = 0xFFFFFFFF  # a sequence or item whose end is a delimiter, not a byte count
 DEFER_BYTES = 64 * 1024  # larger values (pixel data, long contours) are read from the file when used
 KINDS = {CT_IMAGE_STORAGE: "CT", RT_STRUCTURE_SET_STORAGE: "RTSTRUCT", RT_DOSE_STORAGE: "RTDOSE",
          RT_PLAN_STORAGE: "RTPLAN"}
 
 
-def read_dicom_header(path: Path) -> Dataset | None:
-    """A DICOM file's dataset (large values deferred); None for a file that is not DICOM at all.
+class TruncatedFileError(DicomError):
+    """A DICOM file that ends inside one of its elements (a copy cut short); ``detail`` says where."""
+
+    def __init__(self, detail: str):
+        self.detail = detail
+        super().__init__(f"the file is truncated: {detail}")
+
+
+def read_dicom_header(path: Path, stop_before_pixels: bool = False) -> Dataset | None:
+    """A DICOM file's dataset (large values deferred; with ``stop_before_pixels`` all before the pixel data); None
+    for a file that is not DICOM at all.
 
     Files without the Part 10 preamble (as some exports and pydicom's own samples) are read too, when
-    they hold a SOP Class UID. Anything else malformed raises one of ``attributes.MALFORMED``.
+    they hold a SOP Class UID. A file cut short raises :class:`TruncatedFileError`; anything else malformed raises
+    one of ``attributes.MALFORMED``.
     """
     try:
-        return _complete(path, pydicom.dcmread(path, defer_size=DEFER_BYTES))
+        return _complete(path, pydicom.dcmread(path, defer_size=DEFER_BYTES, stop_before_pixels=stop_before_pixels))
     except InvalidDicomError:
         pass
     try:
         with warnings.catch_warnings():  # pydicom's guesses about a file that may not be DICOM at all
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, defer_size=DEFER_BYTES, force=True)
+            ds = pydicom.dcmread(path, defer_size=DEFER_BYTES, stop_before_pixels=stop_before_pixels, force=True)
     except MALFORMED:
         return None
     return _complete(path, ds) if text(ds, "SOPClassUID") else None
@@ -79,40 +90,51 @@ def _complete(path: Path, ds: Dataset) -> Dataset:
         element = ds.get_item(tag)
         if isinstance(element, RawDataElement) and element.length != UNDEFINED_LENGTH \
                 and element.value_tell + element.length > size:
-            raise DicomError(f"the file is truncated: element {element.tag} needs {element.length} bytes from byte "
-                             f"{element.value_tell}, but the file ends at byte {size}")
+            raise TruncatedFileError(f"element {element.tag} needs {element.length} bytes from byte "
+                                     f"{element.value_tell}, but the file ends at byte {size}")
     return ds
 
 
+def _read_header(path: Path) -> tuple[Dataset | None, str]:
+    """The file's dataset and, for a file cut inside its pixel data, its header and what is cut (else "")."""
+    try:
+        return read_dicom_header(path), ""
+    except TruncatedFileError as exc:
+        return read_dicom_header(path, stop_before_pixels=True), exc.detail
+
+
 def scan_folder(src: Path) -> tuple[dict[str, PatientFiles], CaseReport]:
-    """Group every DICOM file under ``src`` by patient and kind; the report lists files not used."""
-    skipped = CaseReport(UNASSIGNED, src)
+    """Group every DICOM file under ``src`` by patient and kind (objects the import does not use too, so a patient
+    with only those is still reported); the report lists the files of no patient.
+    """
+    skipped = CaseReport(UNASSIGNED, src, of_patient=False)
     patients: dict[str, PatientFiles] = {}
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         try:
-            ds = read_dicom_header(path)
+            ds, truncated = _read_header(path)
             if ds is None:
                 skipped.add(Severity.NOTE, "not-dicom", "not a DICOM file, ignored", path)
                 continue
             kind = KINDS.get(text(ds, "SOPClassUID"), "")
-            if not kind:
-                skipped.add(Severity.NOTE, "not-used", f"{text(ds, 'Modality', '?')} object "
-                            f"({text(ds, 'SOPClassUID', '?')}) is not used by the import", path)
-                continue
             patient_id = text(ds, "PatientID") or text(ds, "PatientName")
             if not patient_id:
-                skipped.add(Severity.WARNING, "no-patient-id", f"{kind} file without PatientID or PatientName",
-                            path, "re-export the file with the patient's (pseudonymised) ID")
+                if kind:
+                    skipped.add(Severity.WARNING, NO_PATIENT_ID, f"{kind} file without PatientID or PatientName",
+                                path, "re-export the file with the patient's (pseudonymised) ID")
+                else:
+                    skipped.add(Severity.NOTE, NOT_USED, f"{unused_object(ds)} without PatientID, not "
+                                "used by the import", path)
                 continue
             files = patients.setdefault(patient_id, PatientFiles(patient_id))
-            if kind == "CT":
+            if truncated:
+                files.truncated[path] = truncated
+            if kind == "CT":  # a truncated slice too: its header marks its series as damaged
                 files.ct_series.setdefault(text(ds, "SeriesInstanceUID"), []).append((path, ds))
-            else:
-                {"RTSTRUCT": files.structure_sets, "RTDOSE": files.doses, "RTPLAN": files.plans}[kind].append(
-                    (path, ds))
+            elif not truncated:
+                {"RTSTRUCT": files.structure_sets, "RTDOSE": files.doses, "RTPLAN": files.plans,
+                 "": files.unused}[kind].append((path, ds))
         except MALFORMED as exc:
-            skipped.add(Severity.WARNING, "unreadable", f"DICOM file cannot be parsed ({exc})", path,
-                        "re-export the file, or remove it if it is a damaged copy")
+            skipped.add(Severity.WARNING, "unreadable", f"DICOM file cannot be parsed ({exc})", path, FIX_DAMAGED)
     return patients, skipped
 
 
@@ -227,7 +249,7 @@ def import_dicom(src: Path | str, dst: Path | str, protocol: Protocol | str, fmt
                  name_overrides: Path | str | None = None, policy: Policy | str = Policy.WARN) -> list[CaseReport]:
     """Convert a folder of DICOM RT exports into a protocol dataset under ``dst``, one folder per patient.
 
-    Returns one report per patient (plus one for unused files, if any); a patient whose report has errors
+    Returns one report per patient (plus one for the files of no patient, if any); a patient whose report has errors
     (or, under the raise policy, warnings) is not written.
     """
     if fmt not in FORMATS:

@@ -37,10 +37,19 @@ class StructureSet:
     sop_instance_uid: str
     study_uid: str
     frame_of_reference_uid: str  # empty when the vendor left it out
-    referenced_series_uids: set[str]
-    referenced_image_uids: set[str]
+    referenced_images: dict[str, set[str]]  # CT series UID ("" when not given) -> SOP instances the contours are on
     rois: list[Roi]
     date: str = ""
+
+    @property
+    def referenced_series_uids(self) -> set[str]:
+        """The CT series the structure set says it was drawn on."""
+        return set(self.referenced_images) - {""}
+
+    @property
+    def referenced_image_uids(self) -> set[str]:
+        """The CT images its contours are on, of any series."""
+        return set().union(*self.referenced_images.values())
 
 
 def read_structure_set(ds: Dataset, path: Path, report: CaseReport) -> StructureSet | None:
@@ -56,15 +65,14 @@ def read_structure_set(ds: Dataset, path: Path, report: CaseReport) -> Structure
 
 def _read(ds: Dataset, path: Path, report: CaseReport) -> StructureSet | None:
     frames: set[str] = set()
-    series_uids: set[str] = set()
-    image_uids: set[str] = set()
+    images: dict[str, set[str]] = {}
     for frame in sequence(ds, "ReferencedFrameOfReferenceSequence"):
         frames.add(text(frame, "FrameOfReferenceUID"))
         for study in sequence(frame, "RTReferencedStudySequence"):
             for series in sequence(study, "RTReferencedSeriesSequence"):
-                series_uids.add(text(series, "SeriesInstanceUID"))
-                image_uids.update(text(item, "ReferencedSOPInstanceUID")
-                                  for item in sequence(series, "ContourImageSequence"))
+                images.setdefault(text(series, "SeriesInstanceUID"), set()).update(
+                    uid for item in sequence(series, "ContourImageSequence")
+                    if (uid := text(item, "ReferencedSOPInstanceUID")))
     rois: dict[int, Roi] = {}
     for item in sequence(ds, "StructureSetROISequence"):
         number = integer(item, "ROINumber")
@@ -105,15 +113,12 @@ def _read(ds: Dataset, path: Path, report: CaseReport) -> StructureSet | None:
         report.add(Severity.ERROR, "mixed-frames", f"the structure set refers to {len(frames)} frames of "
                    "reference", path, "export one structure set per CT (one frame of reference)")
         return None
-    series_uids.discard("")
-    image_uids.discard("")
     return StructureSet(
         path=path,
         sop_instance_uid=text(ds, "SOPInstanceUID"),
         study_uid=text(ds, "StudyInstanceUID"),
         frame_of_reference_uid=frames.pop() if frames else "",
-        referenced_series_uids=series_uids,
-        referenced_image_uids=image_uids,
+        referenced_images=images,
         rois=sorted(rois.values(), key=lambda r: r.number),
         date=text(ds, "StructureSetDate") + text(ds, "StructureSetTime"),
     )

@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from protocols.case import TISSUE_HU, Case
 from protocols.dicom.attributes import text
+from protocols.dicom.ct import FIX_REEXPORT as CT_FIX_REEXPORT
 from protocols.dicom.ct import CtSeries, read_ct_series
 from protocols.dicom.geometry import VolumeGrid
 from protocols.dicom.names import NameMatch, NameTable, is_body, match_names
@@ -26,24 +27,37 @@ from protocols.protocol import Protocol
 from protocols.validation import CaseReport, Severity
 
 Item = tuple[Path, Dataset]
+NOT_USED = "not-used"  # the finding of a DICOM object of a kind the import does not use (MR, PET, ...)
+FIX_DAMAGED = "re-export the file, or remove it if it is a damaged copy"
 
 
 @dataclass
 class PatientFiles:
-    """The DICOM objects found for one patient, by kind; CT slices grouped by series."""
+    """The DICOM objects found for one patient, by kind; CT slices grouped by series.
+
+    ``truncated`` maps each file cut short to what is cut; a truncated CT slice is in ``ct_series`` too (its
+    header only), so its series is known to be damaged; other truncated files are in no list.
+    """
 
     patient_id: str
     ct_series: dict[str, list[Item]] = field(default_factory=dict)
     structure_sets: list[Item] = field(default_factory=list)
     doses: list[Item] = field(default_factory=list)
     plans: list[Item] = field(default_factory=list)
+    unused: list[Item] = field(default_factory=list)
+    truncated: dict[Path, str] = field(default_factory=dict)
 
     @property
     def folder(self) -> Path:
         """The deepest folder holding all of this patient's files."""
-        paths = [str(p) for items in (*self.ct_series.values(), self.structure_sets, self.doses, self.plans)
-                 for p, _ in items]
+        paths = [str(p) for items in (*self.ct_series.values(), self.structure_sets, self.doses, self.plans,
+                                      self.unused) for p, _ in items] + [str(p) for p in self.truncated]
         return Path(os.path.commonpath(paths)) if paths else Path()
+
+
+def unused_object(ds: Dataset) -> str:
+    """What an object of a kind the import does not use is, e.g. "MR object (1.2.840.10008.5.1.4.1.1.4)"."""
+    return f"{text(ds, 'Modality', '?')} object ({text(ds, 'SOPClassUID', '?')})"
 
 
 @dataclass
@@ -61,11 +75,10 @@ class DicomCase:
 def read_patient(files: PatientFiles, protocol: Protocol, table: NameTable,
                  report: CaseReport) -> DicomCase | None:
     """Read one patient into a case on its CT grid; None when an ERROR finding makes it unusable."""
+    _report_unread(files, report)
     sets = [s for path, ds in files.structure_sets if (s := read_structure_set(ds, path, report)) is not None]
     if not files.ct_series:
-        where = files.structure_sets or files.doses or files.plans
-        report.add(Severity.ERROR, "no-ct", "no CT image series for this patient", where[0][0] if where else None,
-                   "export the planning CT series together with the RT objects")
+        _report_no_ct(files, report)
         return None
     if not sets:
         report.add(Severity.ERROR, "no-structure-set", "no readable RT Structure Set for this patient",
@@ -75,20 +88,21 @@ def read_patient(files: PatientFiles, protocol: Protocol, table: NameTable,
     pairs = [(s, uid) for s in sets if (uid := _ct_for(s, files, report)) is not None]
     if not pairs:
         return None
-    pairs.sort(key=lambda pair: pair[0].date, reverse=True)
-    structure_set, series_uid = pairs[0]
-    if len(pairs) > 1:
-        report.add(Severity.WARNING, "several-structure-sets", f"{len(pairs)} structure sets; imported the newest "
-                   f"({structure_set.path.name}), skipped {', '.join(p[0].path.name for p in pairs[1:])}",
-                   structure_set.path, "export one plan's CT, structure set and dose per patient")
-    ct = read_ct_series(files.ct_series[series_uid], report)
-    if ct is None:
-        return None
-    if structure_set.frame_of_reference_uid and ct.frame_of_reference_uid and (
-            structure_set.frame_of_reference_uid != ct.frame_of_reference_uid):
+    structure_set, series_uid = _choose(pairs, files, report)
+    slices = files.ct_series[series_uid]
+    ct_frame = _frame_of(slices)
+    if not _same_frame(structure_set, ct_frame):
         report.add(Severity.ERROR, "frame-mismatch", "the structure set's frame of reference "
-                   f"{structure_set.frame_of_reference_uid} differs from its CT's {ct.frame_of_reference_uid}",
+                   f"{structure_set.frame_of_reference_uid} differs from its CT's {ct_frame}",
                    structure_set.path, "export the structure set with the CT it was drawn on (or register them)")
+        return None
+    cut = [path for path, _ in slices if path in files.truncated]
+    for path in cut:
+        report.add(Severity.ERROR, "truncated-slice", f"CT slice {path.name} is truncated: {files.truncated[path]}",
+                   path, CT_FIX_REEXPORT)
+    complete = _check_referenced_images(structure_set, series_uid, slices, report)
+    ct = None if cut else read_ct_series(slices, report)
+    if ct is None or not complete:
         return None
     drawn = [roi for roi in structure_set.rois if roi.contours]
     empty = [roi.name for roi in structure_set.rois if not roi.contours]
@@ -122,22 +136,113 @@ def read_patient(files: PatientFiles, protocol: Protocol, table: NameTable,
     return DicomCase(case, ct.grid, names, plan, uids, body)
 
 
-def _ct_for(structure_set: StructureSet, files: PatientFiles, report: CaseReport) -> str | None:
-    """The CT series a structure set was drawn on: by series reference, frame of reference, image reference,
-    or (reported) the only CT series of its study.
+def _report_unread(files: PatientFiles, report: CaseReport) -> None:
+    """A patient's files the import does not read: objects of other kinds (noted) and truncated RT objects."""
+    for path, ds in files.unused:
+        report.add(Severity.NOTE, NOT_USED, f"{unused_object(ds)} is not used by the import", path)
+    in_series = {path for items in files.ct_series.values() for path, _ in items}
+    for path, cut in files.truncated.items():
+        if path not in in_series:
+            report.add(Severity.WARNING, "truncated-file", f"{path.name} is truncated: {cut}; not used", path,
+                       FIX_DAMAGED)
+
+
+def _report_no_ct(files: PatientFiles, report: CaseReport) -> None:
+    """The error of a patient without a CT series, naming what it has instead (e.g. only an MR series)."""
+    others = sorted({text(ds, "Modality", "?") for _, ds in files.unused})
+    where = [path for path, _ in files.structure_sets or files.doses or files.plans or files.unused] + list(
+        files.truncated)
+    message, fix = "no CT image series for this patient", "export the planning CT series together with the RT objects"
+    if others:
+        message = f"{', '.join(others)} images but no planning CT for this patient (the import uses CT only)"
+    if "MR" in others:
+        fix += "; an MRI-only workflow (no CT) is not supported yet, it is planned separately"
+    report.add(Severity.ERROR, "no-ct", message, where[0], fix)
+
+
+def _choose(pairs: list[tuple[StructureSet, str]], files: PatientFiles,
+            report: CaseReport) -> tuple[StructureSet, str]:
+    """The structure set to import with its CT series: on that CT's frame of reference first, then linked to it by
+    series reference, then the newest; the others are reported with why they were skipped.
     """
-    series = files.ct_series
-    by_reference = [uid for uid in structure_set.referenced_series_uids if uid in series]
+    def rank(pair: tuple[StructureSet, str]) -> tuple[bool, bool, str]:
+        structure_set, uid = pair
+        return (_same_frame(structure_set, _frame_of(files.ct_series[uid])),
+                uid in structure_set.referenced_series_uids, structure_set.date)
+
+    ranked = sorted(pairs, key=rank, reverse=True)
+    chosen = ranked[0]
+    if len(ranked) > 1:
+        skipped = ", ".join(f"{pair[0].path.name} ({_why_skipped(rank(pair), rank(chosen))})" for pair in ranked[1:])
+        report.add(Severity.WARNING, "several-structure-sets", f"{len(ranked)} structure sets; imported "
+                   f"{chosen[0].path.name}, skipped {skipped}", chosen[0].path,
+                   "export one plan's CT, structure set and dose per patient")
+    return chosen
+
+
+def _why_skipped(rank: tuple[bool, bool, str], chosen: tuple[bool, bool, str]) -> str:
+    """Why a structure set of this rank lost to the chosen one: the first criterion of :func:`_choose` it fails."""
+    reasons = ("its frame of reference differs from its CT's", "it does not reference its CT series", "older")
+    return next((why for why, own, best in zip(reasons, rank, chosen, strict=True) if own != best),
+                "as recent; the first by file name was imported")
+
+
+def _frame_of(slices: list[Item]) -> str:
+    """A CT series' frame of reference, as its first slice states it."""
+    return text(slices[0][1], "FrameOfReferenceUID")
+
+
+def _same_frame(structure_set: StructureSet, ct_frame: str) -> bool:
+    """Whether a structure set lies on a CT's frame of reference; a frame the vendor left out matches any."""
+    return not structure_set.frame_of_reference_uid or not ct_frame or structure_set.frame_of_reference_uid == ct_frame
+
+
+def _check_referenced_images(structure_set: StructureSet, series_uid: str, slices: list[Item],
+                             report: CaseReport) -> bool:
+    """Whether the series holds every image of it the structure set references; an ERROR names what is missing
+    (a partial export would lose contours without a word).
+    """
+    referenced = structure_set.referenced_images.get(series_uid, set())
+    absent = referenced - {text(ds, "SOPInstanceUID") for _, ds in slices}
+    if absent:
+        report.add(Severity.ERROR, "incomplete-ct", f"the structure set references {len(referenced)} images of CT "
+                   f"series {series_uid}; {len(absent)} of them are not in the folder, which holds {len(slices)}",
+                   slices[0][0].parent, "export the complete series the structure set was drawn on (all its slices)")
+    return not absent
+
+
+def _ct_for(structure_set: StructureSet, files: PatientFiles, report: CaseReport) -> str | None:
+    """The CT series a structure set was drawn on: by series reference, else (reported when it references a series
+    that is absent) by :func:`_ct_by_frame`.
+    """
+    by_reference = [uid for uid in structure_set.referenced_series_uids if uid in files.ct_series]
     if by_reference:
         return by_reference[0]
+    found = _ct_by_frame(structure_set, files, report)
+    if found is None:
+        return None
+    uid, how = found
+    if structure_set.referenced_series_uids:
+        report.add(Severity.WARNING, "referenced-series-absent", "the structure set references CT series "
+                   f"{', '.join(sorted(structure_set.referenced_series_uids))}, which is not in the folder; used "
+                   f"series {uid} ({len(files.ct_series[uid])} slices, {how}) instead", structure_set.path,
+                   "check the contours overlay this CT, or export the CT series the structure set references with it")
+    return uid
+
+
+def _ct_by_frame(structure_set: StructureSet, files: PatientFiles, report: CaseReport) -> tuple[str, str] | None:
+    """A CT series for a structure set without a usable series reference, with how it was found: by frame of
+    reference, image reference, or (reported) the only CT series of its study.
+    """
+    series = files.ct_series
     frame = structure_set.frame_of_reference_uid
-    same_frame = [uid for uid, items in series.items() if text(items[0][1], "FrameOfReferenceUID") == frame]
+    same_frame = [uid for uid, items in series.items() if _frame_of(items) == frame]
     by_images = [uid for uid, items in series.items()
                  if structure_set.referenced_image_uids & {text(ds, "SOPInstanceUID") for _, ds in items}]
     if frame and same_frame:
-        return max(same_frame, key=lambda uid: (uid in by_images, len(series[uid])))
+        return max(same_frame, key=lambda uid: (uid in by_images, len(series[uid]))), "same frame of reference"
     if by_images:
-        return by_images[0]
+        return by_images[0], "it holds images the contours reference"
     if not frame:
         same_study = [uid for uid, items in series.items()
                       if text(items[0][1], "StudyInstanceUID") == structure_set.study_uid] or list(series)
@@ -145,7 +250,7 @@ def _ct_for(structure_set: StructureSet, files: PatientFiles, report: CaseReport
             report.add(Severity.WARNING, "assumed-frame", "the structure set names no frame of reference or CT; "
                        "assumed the study's only CT series", structure_set.path,
                        "none needed if the contours overlay the CT; otherwise re-export with references")
-            return same_study[0]
+            return same_study[0], "the study's only CT series"
     report.add(Severity.ERROR, "no-ct-for-structures", "none of the CT series is the one the structure set was "
                f"drawn on (frame of reference {frame or '(none)'})", structure_set.path,
                "export the CT series the structure set references together with it")
