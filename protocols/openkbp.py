@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from protocols.case import Case
-from protocols.errors import DataError
+from protocols.errors import DataError, DataNotFoundError
 from protocols.files import atomic_file, staged_folder
 from protocols.files import cache_dir as fedrt_cache_dir
 from protocols.protocol import Protocol, protocol_digest
@@ -195,6 +195,9 @@ def load_openkbp_case(
 ) -> tuple[Case | None, CaseReport]:
     """Read a patient through the binary cache: CSV is parsed once, again only when a source file changes."""
     patient_dir = Path(patient_dir)
+    if not patient_dir.is_dir():
+        raise DataNotFoundError(f"patient folder {patient_dir} does not exist; give an OpenKBP patient folder "
+                                "(ct.csv, structures, possible_dose_mask.csv)")
     folder = (cache_dir or fedrt_cache_dir()) / "openkbp" / hashlib.sha256(
         str(patient_dir.resolve()).encode()).hexdigest()[:16]
     cached = folder / f"{_source_key(patient_dir, protocol, require_dose)}.npz"

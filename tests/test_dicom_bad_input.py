@@ -165,7 +165,9 @@ def test_a_failing_command_says_error_once(protocol, tmp_path, capsys):
     assert cli.main(["plan", str(tmp_path / "patient"), "--target-dose", relative_dose, "--out",
                      str(tmp_path / "plan")]) == 2
     assert cli.main(["export-dicom", str(tmp_path / "empty"), str(tmp_path / "dicom")]) == 2
+    assert cli.main(["export-dicom", str(tmp_path / "absent"), str(tmp_path / "dicom")]) == 2
     err = capsys.readouterr().err
     assert "fedrt plan: error: dose-units: DoseUnits is 'RELATIVE'" in err
     assert "fedrt export-dicom: error: patient empty" in err
+    assert "patient folder " + str(tmp_path / "absent") + " does not exist" in err
     assert "error: error:" not in err
