@@ -11,10 +11,13 @@ from external import DICOM3TOOLS, require_tool
 
 from protocols.case import Case
 from protocols.dicom.export import export_case
+from protocols.dicom.geometry import VolumeGrid
 from protocols.dicom.importer import read_dicom_folder
 from protocols.dicom.study import DicomCase
 from protocols.protocol import Protocol
 from protocols.validation import CaseReport, Policy, apply_policy
+
+MET_TYPES = {"MET_UCHAR": np.uint8, "MET_SHORT": np.int16, "MET_USHORT": np.uint16, "MET_FLOAT": np.float32}
 
 
 def small_case(patient_id: str = "synth", shape: tuple[int, int, int] = (24, 28, 8)) -> Case:
@@ -47,6 +50,17 @@ def edit(path: Path, **values) -> None:
         else:
             setattr(ds, keyword, value)
     ds.save_as(path)
+
+
+def move_to_other_frame(structure_set: pydicom.Dataset) -> str:
+    """Put a structure set on a new Frame of Reference (as if drawn on another scan); returns the new UID."""
+    from pydicom.uid import generate_uid
+
+    other = generate_uid()
+    structure_set.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = other
+    for roi in structure_set.StructureSetROISequence:
+        roi.ReferencedFrameOfReferenceUID = other
+    return other
 
 
 def ct_files(folder: Path) -> list[Path]:
@@ -98,3 +112,16 @@ def rebuild_breast_patient(src: Path, dst: Path, with_plan: bool = True) -> Path
     if with_plan:
         pydicom.dcmread(src / "rtplan.dcm").save_as(dst / "rtplan.dcm")
     return dst
+
+
+def write_mha(path: Path, array: np.ndarray, grid: VolumeGrid, met_type: str) -> None:
+    """A MetaImage (x fastest, z increasing, identity directions = LPS) from an array in case axis order."""
+    z_low = grid.origin_mm[2] - (grid.shape[2] - 1) * grid.spacing_mm[2]
+    header = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+              "CompressedData = False\nTransformMatrix = 1 0 0 0 1 0 0 0 1\n"
+              f"Offset = {grid.origin_mm[0]} {grid.origin_mm[1]} {z_low}\n"
+              f"ElementSpacing = {grid.spacing_mm[1]} {grid.spacing_mm[0]} {grid.spacing_mm[2]}\n"
+              f"DimSize = {grid.shape[1]} {grid.shape[0]} {grid.shape[2]}\n"
+              f"ElementType = {met_type}\nElementDataFile = LOCAL\n")
+    data = np.ascontiguousarray(array.transpose(2, 0, 1)[::-1]).astype(MET_TYPES[met_type])
+    path.write_bytes(header.encode() + data.tobytes())

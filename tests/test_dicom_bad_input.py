@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_cases import ct_files, edit, export_small, load_dicom_cases, small_case
+from dicom_cases import ct_files, edit, export_small, load_dicom_cases, move_to_other_frame, small_case
 from external import DICOM3TOOLS, require_data
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
@@ -128,10 +128,7 @@ def test_a_structure_set_referencing_an_absent_series_warns_which_ct_was_used(ex
 
 def test_a_newer_structure_set_on_another_frame_of_reference_is_skipped_for_the_matching_one(exported, protocol):
     ds = pydicom.dcmread(exported / "RTSTRUCT.dcm")
-    other = generate_uid()
-    ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = other
-    for roi in ds.StructureSetROISequence:
-        roi.ReferencedFrameOfReferenceUID = other
+    other = move_to_other_frame(ds)
     ds.SOPInstanceUID, ds.StructureSetDate = generate_uid(), "29991231"
     ds.save_as(exported / "RTSTRUCT-newer.dcm")
     case, report = only_patient(exported, protocol)

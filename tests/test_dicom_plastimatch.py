@@ -10,16 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_cases import dice
+from dicom_cases import MET_TYPES, dice, write_mha
 from external import PLASTIMATCH, require_tool
 
 from protocols.dicom.export import centred_grid, export_case
-from protocols.dicom.geometry import VolumeGrid
 from protocols.dicom.importer import import_dicom
 from protocols.openkbp import read_openkbp_case
 
 PATIENT = "train-pats/pt_1"
-MET_TYPES = {"MET_UCHAR": np.uint8, "MET_SHORT": np.int16, "MET_USHORT": np.uint16, "MET_FLOAT": np.float32}
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +30,6 @@ def plastimatch() -> Callable[..., None]:
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
     return run
-
-
-def write_mha(path: Path, array: np.ndarray, grid: VolumeGrid, met_type: str) -> None:
-    """A MetaImage (x fastest, z increasing, identity directions = LPS) from an array in case axis order."""
-    z_low = grid.origin_mm[2] - (grid.shape[2] - 1) * grid.spacing_mm[2]
-    header = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
-              "CompressedData = False\nTransformMatrix = 1 0 0 0 1 0 0 0 1\n"
-              f"Offset = {grid.origin_mm[0]} {grid.origin_mm[1]} {z_low}\n"
-              f"ElementSpacing = {grid.spacing_mm[1]} {grid.spacing_mm[0]} {grid.spacing_mm[2]}\n"
-              f"DimSize = {grid.shape[1]} {grid.shape[0]} {grid.shape[2]}\n"
-              f"ElementType = {met_type}\nElementDataFile = LOCAL\n")
-    data = np.ascontiguousarray(array.transpose(2, 0, 1)[::-1]).astype(MET_TYPES[met_type])
-    path.write_bytes(header.encode() + data.tobytes())
 
 
 def read_mha(path: Path) -> tuple[np.ndarray, dict[str, str]]:

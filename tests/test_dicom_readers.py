@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_cases import ct_files, dice, edit, export_small, load_dicom_cases, small_case
+from dicom_cases import ct_files, dice, edit, export_small, load_dicom_cases, move_to_other_frame, small_case
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
@@ -144,10 +144,7 @@ def test_structure_set_without_references_falls_back_to_the_only_ct(exported, pr
 
 def test_structure_set_on_another_frame_of_reference_is_an_error(exported, protocol):
     ds = pydicom.dcmread(exported / "RTSTRUCT.dcm")
-    other = generate_uid()
-    ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = other
-    for roi in ds.StructureSetROISequence:
-        roi.ReferencedFrameOfReferenceUID = other
+    other = move_to_other_frame(ds)
     ds.save_as(exported / "RTSTRUCT.dcm")
     case, report = read_one(exported, protocol)
     assert case is None and "frame-mismatch" in codes(report)
