@@ -90,10 +90,12 @@ class Node:
             self.proc = subprocess.Popen(args, stderr=err, stdout=subprocess.DEVNULL, env=env, cwd=store.parent)
         self.wait_for("node-started", count=self.started + 1)
 
-    def events(self, kind: str | None = None) -> list[dict]:
-        return [e for e in read_audit(self.store / "audit.jsonl") if kind is None or e["event"] == kind]
+    def events(self, kind: str | tuple[str, ...] | None = None) -> list[dict]:
+        kinds = (kind,) if isinstance(kind, str) else kind
+        return [e for e in read_audit(self.store / "audit.jsonl") if kinds is None or e["event"] in kinds]
 
-    def wait_for(self, kind: str, count: int = 1, study: str | None = None, timeout: float = WAIT_S) -> list[dict]:
+    def wait_for(self, kind: str | tuple[str, ...], count: int = 1, study: str | None = None,
+                 timeout: float = WAIT_S) -> list[dict]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = [e for e in self.events(kind) if study is None or e.get("study") == study]
@@ -285,10 +287,11 @@ def test_a_ct_with_targets_comes_back_as_rtplan_and_rtdose_in_its_frame(dcmtk, s
                 "listen.plan.iterations=30")
     try:
         assert storescu(dcmtk["storescu"], node.port, exported.folder).returncode == 0
-        node.wait_for("sent", study=study_key(context.study_uid), timeout=600)
+        outcome = node.wait_for(("sent", "failed"), study=study_key(context.study_uid), timeout=600)[0]
     finally:
         node.stop()
         dest.stop()
+    assert outcome["event"] == "sent", outcome
     received = {ds.Modality: ds for ds in dest.received()}
     assert {"RTPLAN", "RTDOSE"} <= set(received)
     for ds in received.values():
