@@ -61,6 +61,9 @@ class Worker(threading.Thread):
             self.current = study.key
             try:
                 self.process(study)
+            except Exception:  # the log or the store failed around the job: keep the study for the next start
+                traceback.print_exc()
+                self.say(f"study {study.key}: could not be recorded (see the traceback); it reruns at the next start")
             finally:
                 self.current = None
 
@@ -152,7 +155,10 @@ def run_listener(settings: ListenerSettings, say: Callable[[str], None] = say_on
             f"{', '.join(settings.allowed_callers)}); results go to {settings.destination}; "
             f"{found['ready']} unsent, {found['receiving']} to run")
         while not stop.wait(POLL_S):
-            pass
+            if not (worker.is_alive() and sender.is_alive()):
+                audit.write("node-stopped", reason="an internal thread ended (a bug in fedrt; see stderr)")
+                say("an internal thread ended (a bug in fedrt, please report it); stopping so the service restarts")
+                return 1
         scp.stop()
         running = worker.current
         if running:
@@ -169,7 +175,7 @@ def run_listener(settings: ListenerSettings, say: Callable[[str], None] = say_on
         sender.join(timeout=TIMEOUT_JOIN_S)
         unsent = store_unsent(store)
         audit.write("node-stopped", unsent=unsent)
-        say(f"stopped; {unsent} result(s) unsent, kept for the next start")
+        say(f"stopped; {unsent} unsent result(s) kept for the next start" if unsent else "stopped; every result sent")
         return 0
     finally:
         scp.stop()

@@ -105,8 +105,8 @@ class Sender(threading.Thread):
             start = time.perf_counter()
             try:
                 send_files(files, destination, self.settings.ae_title)
-            except (SendError, OSError, ValueError, RuntimeError) as exc:
-                error = str(exc)
+            except Exception as exc:  # any failure (unreadable result file, network, a bug) fails this attempt only
+                error = str(exc) if isinstance(exc, SendError) else f"{type(exc).__name__}: {exc}"
                 self.say(f"study {key}: send attempt {attempt}/{retry.attempts} to {destination} failed: {error}")
                 if attempt < retry.attempts and self.stop.wait(retry.interval_s):
                     return False
