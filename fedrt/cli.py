@@ -20,6 +20,7 @@ from fedrt.commands import (
     data,
     dicom,
     evaluate,
+    listen,
     models,
     node,
     phantoms,
@@ -36,7 +37,7 @@ from protocols.errors import FedrtError
 DESCRIPTION = ("fedrt: federated learning for radiation therapy. Hospitals keep their patients; the models travel. "
                "`fedrt COMMAND --help` tells a command's options.")
 COMMANDS = (train, predict, evaluate, data, dicom, segment, plan, phantoms, simulate, baseline, compare, models,
-            certs, server, node, run)
+            certs, server, node, run, listen)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ HEAVY = ("torch", "monai", "mlflow", "flwr", "scipy", "matplotlib")
 
 
 COMMANDS = ["train", "predict", "evaluate", "data", "export-dicom", "segment", "plan", "phantoms", "simulate",
-            "baseline", "compare", "models", "certs", "server", "node", "run"]
+            "baseline", "compare", "models", "certs", "server", "node", "run", "listen"]
 
 
 @pytest.mark.parametrize("argv", [["--help"], *([c, "--help"] for c in COMMANDS), ["node", "start", "--help"],

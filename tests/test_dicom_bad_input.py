@@ -128,7 +128,7 @@ def test_a_structure_set_referencing_an_absent_series_warns_which_ct_was_used(ex
 
 def test_a_newer_structure_set_on_another_frame_of_reference_is_skipped_for_the_matching_one(exported, protocol):
     ds = pydicom.dcmread(exported / "RTSTRUCT.dcm")
-    other = move_to_other_frame(ds)
+    move_to_other_frame(ds)
     ds.SOPInstanceUID, ds.StructureSetDate = generate_uid(), "29991231"
     ds.save_as(exported / "RTSTRUCT-newer.dcm")
     case, report = only_patient(exported, protocol)

@@ -144,7 +144,7 @@ def test_structure_set_without_references_falls_back_to_the_only_ct(exported, pr
 
 def test_structure_set_on_another_frame_of_reference_is_an_error(exported, protocol):
     ds = pydicom.dcmread(exported / "RTSTRUCT.dcm")
-    other = move_to_other_frame(ds)
+    move_to_other_frame(ds)
     ds.save_as(exported / "RTSTRUCT.dcm")
     case, report = read_one(exported, protocol)
     assert case is None and "frame-mismatch" in codes(report)
