@@ -215,10 +215,13 @@ def _bbox_centre(mask: np.ndarray) -> np.ndarray:
     return (found.min(axis=0) + found.max(axis=0)) / 2.0
 
 
-def to_protocol_grid(dicom_case: DicomCase, protocol: Protocol, report: CaseReport) -> tuple[Case, VolumeGrid]:
-    """The case resampled onto the protocol grid; targets that lose volume at the edges are reported."""
+def to_protocol_grid(dicom_case: DicomCase, protocol: Protocol, report: CaseReport,
+                     grid: VolumeGrid | None = None) -> tuple[Case, VolumeGrid]:
+    """The case resampled onto the protocol grid (or onto ``grid``); targets that lose volume at the edges are
+    reported.
+    """
     case, native = dicom_case.case, dicom_case.grid
-    grid = protocol_grid(dicom_case, protocol)
+    grid = grid or protocol_grid(dicom_case, protocol)
     if grid is native:
         return case, grid
 

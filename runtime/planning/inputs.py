@@ -1,8 +1,10 @@
 """What a plan is made for: one patient, read from an OpenKBP folder or from the patient's own DICOM.
 
-For DICOM (a CT series, an RT Structure Set with the targets, optionally an RT Plan) the case is resampled onto
-the protocol grid where the patient is (``protocols.dicom.importer.protocol_grid``), so that the models and the dose
-engine work on their grid while everything written back sits in the CT's Frame of Reference. The patient's own
+For DICOM (a CT series, an RT Structure Set with the targets, optionally an RT Plan) the case is taken onto the
+planning grid (:func:`planning_grid`): every n-th voxel of the CT, n giving about the protocol's spacing, over the
+whole CT. Nothing is interpolated on the way in or out (the CT and masks are sub-sampled, the plan's RT Dose lies
+on that lattice), so the dose along the skin is not blurred with the air outside, and everything written back sits in
+the CT's Frame of Reference. The patient's own
 prescription (``runtime.planning.prescription``) replaces the protocol's, and a scan too short for the beams is
 reported.
 """
@@ -20,7 +22,7 @@ from pydicom.dataset import Dataset
 from protocols.case import Case
 from protocols.dicom.attributes import text
 from protocols.dicom.export import CtReference, centred_grid
-from protocols.dicom.geometry import VolumeGrid
+from protocols.dicom.geometry import VolumeGrid, aligned_grid
 from protocols.dicom.header import StudyContext
 from protocols.dicom.importer import SIDECAR, read_sidecar_grid, scan_folder, to_protocol_grid
 from protocols.dicom.names import build_name_table
@@ -111,7 +113,7 @@ def _dicom_patient(source: Path, protocol: Protocol, names: Path | None, given: 
     if position != PLANNED_POSITION:
         raise DicomError(f"{source}: the CT was scanned {position}; fedrt's beam geometry plans head-first supine "
                          f"({PLANNED_POSITION}) patients only; plan this patient in the planning system")
-    case, grid = to_protocol_grid(dicom_case, protocol, report)
+    case, grid = to_protocol_grid(dicom_case, protocol, report, planning_grid(dicom_case.grid, protocol))
     rtstruct_path = next(p for p, ds in files.structure_sets
                          if text(ds, "SOPInstanceUID") == dicom_case.uids["structure_set"])
     structure_set = pydicom.dcmread(rtstruct_path)
@@ -127,6 +129,16 @@ def _dicom_patient(source: Path, protocol: Protocol, names: Path | None, given: 
     return PlanningPatient(case, grid, protocol.with_prescription(prescription.doses_gy, prescription.fractions),
                            prescription, dicom, dicom_case.uids["frame_of_reference"],
                            warnings + prescription.notes)
+
+
+def planning_grid(ct: VolumeGrid, protocol: Protocol) -> VolumeGrid:
+    """Every n-th voxel of the CT over its whole extent, n per axis the nearest integer to the protocol's spacing over
+    the CT's (a 512 x 512 x 150 CT at 0.98 x 0.98 x 3 mm gives 128 x 128 x 150 for hn-openkbp).
+    """
+    spacing = protocol.grid.spacing_mm
+    extent = (np.asarray(ct.shape) - 1) * np.asarray(ct.spacing_mm)
+    cover = VolumeGrid(tuple(int(n) for n in np.ceil(extent / np.asarray(spacing)) + 1), tuple(spacing), ct.origin_mm)
+    return aligned_grid(ct, cover)
 
 
 def _ct_reference(files: PatientFiles, dicom_case: DicomCase) -> CtReference:

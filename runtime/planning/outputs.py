@@ -2,10 +2,10 @@
 
 For a patient's own DICOM (:func:`write_patient_plan`) everything joins the patient's study and Frame of Reference:
 the RT Plan references the patient's structure set (or its new version holding the added auto-contours), the
-RT Dose lies on a grid aligned with the CT's voxels, and no CT is written unless asked. For an OpenKBP folder
-(:func:`write_plan_files`) the case carries no position of its own: a new study on the grid centred on the DICOM
-origin, with its CT series and structure set. ``plan_dose.csv`` is the plan's final dose on the planning grid as
-an OpenKBP prediction file, so ``fedrt evaluate`` scores plans like predictions.
+RT Dose lies on the planning grid (every n-th CT voxel: aligned with the CT), and no CT is written unless asked.
+For an OpenKBP folder (:func:`write_plan_files`) the case carries no position of its own: a new study on the grid
+centred on the DICOM origin, with its CT series and structure set. ``plan_dose.csv`` is the plan's final dose on
+the planning grid as an OpenKBP prediction file, so ``fedrt evaluate`` scores plans like predictions.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pydicom
 
 from protocols.case import Case
 from protocols.dicom.export import add_rois, centred_grid, write_ct_series, write_rtdose, write_rtstruct
-from protocols.dicom.geometry import VolumeGrid, aligned_grid, resample
+from protocols.dicom.geometry import VolumeGrid, resample
 from protocols.dicom.header import StudyContext
 from protocols.openkbp import write_prediction
 from protocols.protocol import Protocol
@@ -101,9 +101,7 @@ def write_patient_plan(folder: Path, patient: PlanningPatient, plan: PlanResult,
     roi_numbers.update({name: numbers[name] for name in added})
     if write_ct:
         write_ct_series(patient.case.ct_hu, patient.grid, dicom, context)
-    dose_grid = aligned_grid(source.ct_grid, patient.grid)
-    dose = resample(plan.dose_gy, patient.grid, dose_grid, order=1, cval=0.0)
-    rtplan, rtdose = _plan_and_dose(dicom, plan, patient.protocol, context, structure_set_uid, roi_numbers, dose,
-                                    dose_grid)
+    rtplan, rtdose = _plan_and_dose(dicom, plan, patient.protocol, context, structure_set_uid, roi_numbers,
+                                    plan.dose_gy, patient.grid)  # the planning grid is on the CT's lattice
     csv = write_prediction(folder / PLAN_DOSE_CSV, plan.dose_gy)
     return PlanFiles(dicom, rtplan, rtdose, rtstruct, csv)
