@@ -31,9 +31,11 @@ from wire.records import (
     ARRAYS,
     CONFIG,
     EVAL_SECONDS,
+    EVALUATE_RECEIVED,
     METRICS,
     NUM_EXAMPLES,
     PROXIMAL_MU,
+    RECEIVED_METRICS,
     SERVER_ROUND,
     SITE,
     SITE_NAME,
@@ -56,11 +58,27 @@ def _network(plan: SitePlan, arrays: ArrayRecord) -> nn.Module:
     return network
 
 
-def _reply(msg: Message, context: Context, metrics: dict[str, float], arrays: ArrayRecord | None = None) -> Message:
+def _reply(msg: Message, context: Context, metrics: dict[str, float], arrays: ArrayRecord | None = None,
+           received: dict[str, float] | None = None) -> Message:
     content = RecordDict({METRICS: MetricRecord(metrics), SITE: ConfigRecord({SITE_NAME: own_site_name(context)})})
     if arrays is not None:
         content[ARRAYS] = arrays
+    if received is not None:
+        content[RECEIVED_METRICS] = MetricRecord(received)
     return Message(content=content, reply_to=msg)
+
+
+def _evaluation(plan: SitePlan, data: SiteData, network: nn.Module, server_round: object) -> dict[str, float]:
+    """The site's scores of ``network`` on its validation patients, their count and the time it took."""
+    if not data.val:
+        return {NUM_EXAMPLES: 0}
+    start = time.perf_counter()
+    scores = loop.evaluate(network, plan.task, data.val)
+    metrics = {k: scores[k] for k in plan.task.site_metrics}
+    seconds = time.perf_counter() - start
+    log.info("round %s: evaluated the global model on %d patients: %s, %.1f s", server_round, len(data.val),
+             " ".join(f"{k}={v:.4f}" for k, v in metrics.items()), seconds)
+    return {**metrics, NUM_EXAMPLES: len(data.val), EVAL_SECONDS: seconds}
 
 
 def _kept_optimizer(context: Context, plan: SitePlan) -> dict | None:
@@ -100,6 +118,9 @@ def make_client_app(locate: Locator | None = None) -> ClientApp:
         if not data.train:
             raise SiteFailed(NO_USABLE_DATA, f"no usable training patients under {data_path(context, locate)}")
         config = msg.content[CONFIG]
+        # the server folds the evaluation of the model it sends into this message (one message per round)
+        received = _evaluation(plan, data, network, int(config[SERVER_ROUND]) - 1) if config.get(
+            EVALUATE_RECEIVED) else None
         seed = round_seed(plan.train.seed, int(config[SERVER_ROUND]), own_site_name(context))
         settings = dataclasses.replace(plan.round_settings(int(config[SERVER_ROUND])), seed=seed,
                                        proximal_mu=float(config.get(PROXIMAL_MU, 0.0)))
@@ -110,7 +131,7 @@ def make_client_app(locate: Locator | None = None) -> ClientApp:
                    TRAIN_SECONDS: result.seconds, "train_steps": result.steps}
         log.info("round %s: trained on %d patients, %d steps, loss %.4f, %.1f s", config[SERVER_ROUND],
                  len(data.train), result.steps, result.loss, result.seconds)
-        return _reply(msg, context, metrics, ArrayRecord(network.state_dict()))
+        return _reply(msg, context, metrics, ArrayRecord(network.state_dict()), received)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -120,17 +141,8 @@ def make_client_app(locate: Locator | None = None) -> ClientApp:
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         plan, data = _site(msg, context, locate)
-        if not data.val:
-            return _reply(msg, context, {NUM_EXAMPLES: 0})
-        start = time.perf_counter()
         network = _network(plan, msg.content[ARRAYS])
-        scores = loop.evaluate(network, plan.task, data.val)
-        metrics = {k: scores[k] for k in plan.task.site_metrics}
-        seconds = time.perf_counter() - start
-        log.info("round %s: evaluated the global model on %d patients: %s, %.1f s",
-                 msg.content[CONFIG].get(SERVER_ROUND, "?"), len(data.val),
-                 " ".join(f"{k}={v:.4f}" for k, v in metrics.items()), seconds)
-        return _reply(msg, context, {**metrics, NUM_EXAMPLES: len(data.val), EVAL_SECONDS: seconds})
+        return _reply(msg, context, _evaluation(plan, data, network, msg.content[CONFIG].get(SERVER_ROUND, "?")))
 
     return app
 

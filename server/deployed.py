@@ -90,10 +90,21 @@ def round_summary(report: RoundReport, rounds: int) -> str:
     """One line per finished round: loss, server and site scores, time, sites answering, rejections."""
     loss = report.train_metrics.get("train_loss", float("nan"))
     scores = report.server_metrics or report.evaluate_metrics
-    shown = " ".join(f"{k}={v:.4f}" for k, v in scores.items() if k not in NOT_SCORES and not k.startswith("hd95"))
+    shown = _scores(scores)
     rejected = f", rejected: {'; '.join(f'{k} ({v})' for k, v in report.rejected.items())}" if report.rejected else ""
     return (f"fedrt round {report.server_round}/{rounds}: train_loss={loss:.4f} {shown} ({report.seconds:.1f} s, "
             f"{len(report.site_train)} sites trained: {', '.join(sorted(report.site_train)) or 'none'}{rejected})")
+
+
+def _scores(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in NOT_SCORES and not k.startswith("hd95"))
+
+
+def evaluation_summary(report: RoundReport, rounds: int) -> str:
+    """One line when the sites' scores of a round's model arrive with the next round's training."""
+    rejected = "; ".join(f"{k} ({v})" for k, v in report.rejected.items() if k.startswith("evaluate/"))
+    return (f"fedrt round {report.server_round}/{rounds} evaluated by {len(report.site_evaluate)} sites: "
+            f"{_scores(report.evaluate_metrics) or 'no scores'}{f', rejected: {rejected}' if rejected else ''}")
 
 
 def say(line: str) -> None:
@@ -114,6 +125,11 @@ class RoundPrinter:
         """Record the round in MLflow, then say its summary."""
         self._tracker.log_round(report)
         say(round_summary(report, self._rounds))
+
+    def log_evaluation(self, report: RoundReport) -> None:
+        """Record the sites' scores of an earlier round's model (folded evaluation), then say them."""
+        self._tracker.log_evaluation(report)
+        say(evaluation_summary(report, self._rounds))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._tracker, name)

@@ -184,7 +184,7 @@ def run_federation(grid: Grid, config: DictConfig, tracker: Tracker) -> Federati
 
         arrays = run_rounds(strategy, grid, arrays, first_round, rounds, plan, ConfigRecord(dict(plan)),
                             float(config.federation.round_timeout_s), float(config.federation.node_wait_s),
-                            evaluate_fn, on_round)
+                            evaluate_fn, on_round, tracker.log_evaluation, bool(config.federation.fold_evaluation))
     set_weights(network, arrays.to_numpy_ndarrays())
     validation = _last_scores(reports)
     output = Path(config.output) if config.output else (

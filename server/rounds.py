@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
@@ -22,18 +22,22 @@ from server.strategies import ScreenedStrategy
 from server.strategies.privacy import PrivateStrategy
 from server.validation import Screened
 from wire.failures import FAILURES, NO_REPLY, NODE_LOST, failure_error
-from wire.records import EVAL_SECONDS, TRAIN_SECONDS
+from wire.records import EVAL_SECONDS, EVALUATE_RECEIVED, METRICS, RECEIVED_METRICS, SITE, TRAIN_SECONDS
 from wire.sites import node_digest_name, reply_site_name
 
 log = logging.getLogger(__name__)
 MIN_TTL_S = 1.0  # Flower refuses to send a message whose time-to-live is not positive
+REPLY_POLL_S = 0.1  # how often the server asks the SuperLink for replies (Flower's grids wait 3 s between asks)
 
 
 @dataclass
 class RoundReport:
     """What happened in one round; ``seconds`` covers training and evaluation, ``train_phase_s`` training only,
     ``server_eval_s`` the server's own evaluation; ``sequential``: the sites trained one after another
-    (strategy=cyclic), not at once.
+    (strategy=cyclic), not at once. ``evaluate_metrics`` and ``site_evaluate`` score this round's global model
+    (when evaluation is folded into the next round's training they arrive then); ``folded_eval_s`` is the time
+    each site spent in this round's training message evaluating the model it received, ``slowest_site_eval_s``
+    the slowest site's time in this round's evaluation step.
     """
 
     server_round: int
@@ -50,6 +54,8 @@ class RoundReport:
     site_evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     privacy: dict[str, float] = field(default_factory=dict)
+    folded_eval_s: dict[str, float] = field(default_factory=dict)
+    slowest_site_eval_s: float = 0.0
 
     @property
     def slowest_site_train_s(self) -> float:
@@ -63,13 +69,13 @@ class RoundReport:
 
     @property
     def required_train_s(self) -> float:
-        """The training time the round cannot be shorter than: the slowest site's, or all sites' in a relay."""
-        return self.site_train_total_s if self.sequential else self.slowest_site_train_s
-
-    @property
-    def slowest_site_eval_s(self) -> float:
-        """Evaluation time of the slowest site that evaluated."""
-        return max((m.get(EVAL_SECONDS, 0.0) for m in self.site_evaluate.values()), default=0.0)
+        """The site work of the training step the round cannot be shorter than: the slowest site's training (with
+        the evaluation folded into it), or all sites' training in a relay.
+        """
+        if self.sequential:
+            return self.site_train_total_s
+        return max((m.get(TRAIN_SECONDS, 0.0) + self.folded_eval_s.get(site, 0.0)
+                    for site, m in self.site_train.items()), default=0.0)
 
     @property
     def overhead_s(self) -> float:
@@ -133,6 +139,23 @@ def _scalars(record: MetricRecord | None) -> dict[str, float]:
     return {k: float(v) for k, v in (record or {}).items() if not isinstance(v, list)}
 
 
+def send_and_receive(grid: Grid, messages: list[Message], timeout_s: float) -> list[Message]:
+    """Flower's ``Grid.send_and_receive`` asking for replies every ``REPLY_POLL_S`` instead of every 3 s: a reply
+    is taken up within a tenth of a second of its arrival at the SuperLink. Returns the replies that came in time.
+    """
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout_s
+    received: list[Message] = []
+    while pending:
+        replies = list(grid.pull_messages(list(pending)))
+        received.extend(replies)
+        pending.difference_update(r.metadata.reply_to_message_id for r in replies)
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(min(REPLY_POLL_S, max(deadline - time.monotonic(), 0.0)))
+    return received
+
+
 def _from_superlink(reply: Message) -> bool:
     """An error the SuperLink made for a node that cannot answer (lost, or its reply expired)."""
     return reply.has_error() and reply.metadata.src_node_id == SUPERLINK_NODE_ID
@@ -150,7 +173,7 @@ def _exchange(grid: Grid, messages: list[Message], deadline: float, report: Roun
     timeout_s = max(deadline - time.monotonic(), 0.0)
     for message in messages:  # a node's ClientApp gives up when the server no longer waits (client.deadline)
         message.metadata.ttl = max(timeout_s, MIN_TTL_S)
-    received = list(grid.send_and_receive(messages, timeout=timeout_s))
+    received = send_and_receive(grid, messages, timeout_s)
     report.bytes_received += _array_bytes(received)
     for reply in received:
         if not _from_superlink(reply):
@@ -171,25 +194,76 @@ def _exchange(grid: Grid, messages: list[Message], deadline: float, report: Roun
     return replies
 
 
+def folds_evaluation(strategy: ScreenedStrategy | PrivateStrategy) -> bool:
+    """Whether the sites can evaluate the model they receive for training instead of in a message of its own:
+    every site evaluates (``fraction_evaluate`` 1) and every site receives the global model (no relay).
+    """
+    return not strategy.sequential and float(strategy.fraction_evaluate) == 1.0
+
+
+def _split_received_evaluation(messages: list[Message], replies: list[Message]) -> tuple[list[Message], dict]:
+    """Take the received model's evaluation out of each training reply (``RECEIVED_METRICS``) as an evaluation
+    reply of its own, so the strategy merges training and evaluation as if they had come in two messages; also
+    each site's evaluation time.
+    """
+    sent = {m.metadata.message_id: m for m in messages}
+    evaluations, seconds = [], {}
+    for reply in replies:
+        if reply.has_error() or RECEIVED_METRICS not in reply.content:
+            continue
+        record = reply.content.metric_records.pop(RECEIVED_METRICS)
+        site = reply.content.config_records[SITE]
+        evaluations.append(Message(RecordDict({METRICS: record, SITE: site}),
+                                   reply_to=sent[reply.metadata.reply_to_message_id]))
+        seconds[reply_site_name(reply)] = float(record.get(EVAL_SECONDS, 0.0))
+    return evaluations, seconds
+
+
+def _record_evaluation(strategy: ScreenedStrategy | PrivateStrategy, report: RoundReport,
+                       replies: list[Message]) -> None:
+    """Merge the sites' evaluation replies of ``report``'s global model into it."""
+    report.evaluate_metrics = _scalars(strategy.aggregate_evaluate(report.server_round, replies))
+    report.site_evaluate = _site_metrics(strategy.screened.get("evaluate"))
+    report.rejected.update({f"evaluate/{k}": v for k, v in strategy.screened["evaluate"].rejected.items()})
+
+
 def run_rounds(strategy: ScreenedStrategy | PrivateStrategy, grid: Grid, arrays: ArrayRecord, first_round: int,
                last_round: int, train_config: ConfigRecord, evaluate_config: ConfigRecord, timeout_s: float,
                node_wait_s: float,
                evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
-               on_round: Callable[[RoundReport, ArrayRecord], None] | None = None) -> ArrayRecord:
-    """Run rounds ``first_round..last_round`` from ``arrays``; returns the final global arrays."""
+               on_round: Callable[[RoundReport, ArrayRecord], None] | None = None,
+               on_evaluated: Callable[[RoundReport], None] | None = None,
+               fold_evaluation: bool = False) -> ArrayRecord:
+    """Run rounds ``first_round..last_round`` from ``arrays``; returns the final global arrays.
+
+    With ``fold_evaluation`` (and a strategy that ``folds_evaluation``) each round's training message also asks
+    the sites to evaluate the model they receive, the previous round's global model: one message per site and
+    round instead of two, with an evaluation message after the last round only. That evaluation reaches the
+    previous round's report after ``on_round`` has seen it; ``on_evaluated`` is then called with that report.
+    """
     names: dict[int, str] = {}
     bounded = BoundedGrid(grid, node_wait_s, names)
     available = int(strategy.min_available_nodes)
+    fold = fold_evaluation and folds_evaluation(strategy)
+    previous: RoundReport | None = None
     for server_round in range(first_round, last_round + 1):
         log.info("round %d/%d", server_round, last_round)
         report = RoundReport(server_round, sequential=strategy.sequential)
         start = time.perf_counter()
+        folded = fold and server_round > 1
+        config = ConfigRecord({**train_config, EVALUATE_RECEIVED: True}) if folded else train_config
         bounded.begin(f"round {server_round} training", max(available, int(strategy.min_train_nodes)))
-        messages = list(strategy.configure_train(server_round, arrays, train_config, bounded))
+        messages = list(strategy.configure_train(server_round, arrays, config, bounded))
         exchange = partial(_exchange, grid, deadline=time.monotonic() + timeout_s, report=report, names=names)
         replies = strategy.send_train(server_round, messages, exchange)
+        evaluations, report.folded_eval_s = _split_received_evaluation(messages, replies)
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         report.rejected = {f"train/{k}": v for k, v in strategy.screened["train"].rejected.items()}
+        if folded:
+            previous = previous or RoundReport(server_round - 1, sequential=strategy.sequential)
+            _record_evaluation(strategy, previous, evaluations)
+            if on_evaluated is not None:
+                on_evaluated(previous)
         _require_sites(strategy, server_round, report)
         if new_arrays is None:
             log.warning("round %d: no usable training reply; the global model stays as it was", server_round)
@@ -200,13 +274,14 @@ def run_rounds(strategy: ScreenedStrategy | PrivateStrategy, grid: Grid, arrays:
         report.site_train = _site_metrics(strategy.screened.get("train"))
         report.privacy = strategy.privacy_metrics()
 
-        bounded.begin(f"round {server_round} evaluation", max(available, int(strategy.min_evaluate_nodes)))
-        messages = list(strategy.configure_evaluate(server_round, arrays, evaluate_config, bounded))
-        replies = exchange(messages)
-        if messages:
-            report.evaluate_metrics = _scalars(strategy.aggregate_evaluate(server_round, replies))
-            report.site_evaluate = _site_metrics(strategy.screened.get("evaluate"))
-            report.rejected.update({f"evaluate/{k}": v for k, v in strategy.screened["evaluate"].rejected.items()})
+        if not fold or server_round == last_round:
+            bounded.begin(f"round {server_round} evaluation", max(available, int(strategy.min_evaluate_nodes)))
+            messages = list(strategy.configure_evaluate(server_round, arrays, evaluate_config, bounded))
+            replies = exchange(messages)
+            if messages:
+                _record_evaluation(strategy, report, replies)
+                report.slowest_site_eval_s = max((m.get(EVAL_SECONDS, 0.0) for m in report.site_evaluate.values()),
+                                                 default=0.0)
         if evaluate_fn is not None:
             evaluated = time.perf_counter()
             report.server_metrics = _scalars(evaluate_fn(server_round, arrays))
@@ -214,6 +289,7 @@ def run_rounds(strategy: ScreenedStrategy | PrivateStrategy, grid: Grid, arrays:
         report.seconds = time.perf_counter() - start
         if on_round is not None:
             on_round(report, arrays)
+        previous = report
     return arrays
 
 

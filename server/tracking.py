@@ -49,6 +49,14 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _evaluation_metrics(report: RoundReport) -> dict[str, float]:
+    """The sites' scores of a round's global model, aggregated and per site."""
+    metrics = {f"local_val/{k}": v for k, v in report.evaluate_metrics.items()}
+    for site, values in report.site_evaluate.items():
+        metrics |= {f"site/{site}/local_val/{k}": v for k, v in values.items()}
+    return metrics
+
+
 def model_name(protocol: str, task: str) -> str:
     """The registry name of a protocol's federated model for a task."""
     return f"fedrt-{protocol}-{task}"
@@ -113,15 +121,18 @@ class Tracker:
         for i in range(0, len(batch), _BATCH):
             self.client.log_batch(self.run_id, metrics=batch[i:i + _BATCH])
 
+    def log_evaluation(self, report: RoundReport) -> None:
+        """The sites' scores of the round's global model, when they come after the round (folded evaluation)."""
+        self.log_metrics(_evaluation_metrics(report), report.server_round)
+        self._log_rejections(report)
+
     def log_round(self, report: RoundReport) -> None:
         """Aggregated and per-site metrics, wall time, framework overhead and bytes of one round."""
         metrics = {f"train/{k}": v for k, v in report.train_metrics.items()}
-        metrics |= {f"local_val/{k}": v for k, v in report.evaluate_metrics.items()}
+        metrics |= _evaluation_metrics(report)
         metrics |= {f"val/{k}": v for k, v in report.server_metrics.items()}
         for site, values in report.site_train.items():
             metrics |= {f"site/{site}/train/{k}": v for k, v in values.items()}
-        for site, values in report.site_evaluate.items():
-            metrics |= {f"site/{site}/local_val/{k}": v for k, v in values.items()}
         metrics |= report.privacy
         train_overhead_s = max(report.train_phase_s - report.required_train_s, 0.0)
         metrics |= {
@@ -141,6 +152,10 @@ class Tracker:
             "round/replies_rejected": len(report.rejected),
         }
         self.log_metrics(metrics, report.server_round)
+        self._log_rejections(report)
+
+    def _log_rejections(self, report: RoundReport) -> None:
+        """The round's rejected replies and why, as an artifact (rewritten when a folded evaluation adds some)."""
         if report.rejected:
             lines = [f"{where}: {reason}" for where, reason in sorted(report.rejected.items())]
             self.log_text("\n".join(lines) + "\n", f"rejections/round-{report.server_round:04d}.txt")

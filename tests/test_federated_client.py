@@ -30,7 +30,7 @@ from simulation.partition import write_sites
 from wire.failures import DATA_INVALID, NO_USABLE_DATA, NODE_WORKER, SITE_CONFIG
 from wire.plan import decode_plan
 from wire.processes import start_process, stop_process
-from wire.records import EVAL_SECONDS, NUM_EXAMPLES, PLAN
+from wire.records import EVAL_SECONDS, EVALUATE_RECEIVED, NUM_EXAMPLES, PLAN, RECEIVED_METRICS
 from wire.sites import WORKER_CONFIG, own_site_name
 
 OVERRIDES = ["preset=smoke", "data.phantoms=4", "data.val_fraction=0.5", "federation.local_epochs=1",
@@ -151,6 +151,29 @@ def test_evaluate_reports_the_tasks_site_metrics_on_local_validation_cases(hospi
     assert set(reply.content) == {"metrics", "site"}
     assert set(reply.content["metrics"]) == {"dose_score", "dvh_score", NUM_EXAMPLES, EVAL_SECONDS}
     assert reply.content["metrics"][NUM_EXAMPLES] == 1
+
+
+def test_a_training_message_that_asks_scores_the_received_model_first_as_evaluate_would(hospital):
+    """Folded evaluation (one message per round): the training reply carries the received model's scores, the
+    same an evaluation message would have given, in a record of their own; the weights are trained as without.
+    """
+    path, plan, global_model = hospital
+    node = context({"data-path": str(path)})
+    message = instruction(MessageType.TRAIN, global_model, plan)
+    message.content["config"]["server-round"] = 2
+    message.content["config"][EVALUATE_RECEIVED] = True
+    reply = make_client_app()(message, node)
+    assert set(reply.content) == {"arrays", "metrics", "site", RECEIVED_METRICS}
+    scores = reply.content[RECEIVED_METRICS]
+    alone = make_client_app()(instruction(MessageType.EVALUATE, global_model, plan), node).content["metrics"]
+    assert set(scores) == set(alone) and scores[NUM_EXAMPLES] == 1
+    for key in ("dose_score", "dvh_score"):
+        assert scores[key] == pytest.approx(alone[key], rel=1e-6)
+    plain = instruction(MessageType.TRAIN, global_model, plan)
+    plain.content["config"]["server-round"] = 2
+    trained = make_client_app()(plain, node).content["arrays"]
+    for key in trained:
+        np.testing.assert_array_equal(reply.content["arrays"][key].numpy(), trained[key].numpy())
 
 
 def test_a_node_without_data_path_is_told_how_to_start():

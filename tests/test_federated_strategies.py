@@ -13,11 +13,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageTy
 from flwr.supercore.task_identity import TaskIdentity
 from server_grid import ReplyingGrid
 
-from server.rounds import NodesLostError, RoundReport, run_rounds
+from server.rounds import NodesLostError, RoundReport, folds_evaluation, run_rounds
 from server.strategies import FedAdam, FedAvg, FedAvgM, FedProx, build_strategy
 from server.validation import reply_problem
 from wire.failures import DATA_INVALID, NO_REPLY, NO_USABLE_DATA, NODE_LOST, failure_error
-from wire.records import EVAL_SECONDS, NUM_EXAMPLES, TRAIN_SECONDS
+from wire.records import EVAL_SECONDS, EVALUATE_RECEIVED, NUM_EXAMPLES, RECEIVED_METRICS, TRAIN_SECONDS
 from wire.sites import node_digest_name, reply_site_name
 
 
@@ -297,7 +297,54 @@ def test_cyclic_refuses_differential_privacy():
 def test_a_rounds_overhead_counts_the_evaluation_step_but_not_the_sites_or_servers_own_work():
     report = RoundReport(3, seconds=30.0, server_eval_s=2.0,
                          site_train={"site-a": {TRAIN_SECONDS: 20.0}, "site-b": {TRAIN_SECONDS: 15.0}},
-                         site_evaluate={"site-a": {EVAL_SECONDS: 1.0}, "site-b": {EVAL_SECONDS: 3.0}})
+                         slowest_site_eval_s=3.0)
     assert report.overhead_s == pytest.approx(30.0 - 20.0 - 3.0 - 2.0)
+    folded = RoundReport(3, seconds=30.0, site_train=report.site_train, folded_eval_s={"site-a": 1.0, "site-b": 7.0})
+    assert folded.required_train_s == 22.0  # site-b: 15 s of training after 7 s evaluating what it received
+    assert folded.overhead_s == pytest.approx(30.0 - 22.0)
     relay = RoundReport(3, sequential=True, seconds=30.0, site_train=report.site_train)
     assert relay.overhead_s == 0.0  # a relay must take both sites' training: 35 s of work in a 30 s round
+
+
+def test_folded_evaluation_scores_each_rounds_model_with_one_message_per_site_and_round():
+    """Each round's training message asks the sites to score the model they receive (the previous round's global
+    model) first; only the last round's model gets an evaluation message of its own. Every round's report ends up
+    with the scores of its own global model, and the folded evaluation's time counts as the sites' work.
+    """
+    sent: list[tuple[int, str]] = []
+
+    def respond(node: int, message: Message) -> Message:
+        sent.append((node, message.metadata.message_type))
+        received = float(message.content["arrays"]["conv.weight"].numpy().flat[0])
+        name = ConfigRecord({"name": f"site-{node}"})
+        score = MetricRecord({NUM_EXAMPLES: node, "dose_score": received + node, EVAL_SECONDS: 2.0})
+        if message.metadata.message_type == MessageType.EVALUATE:
+            return Message(RecordDict({"metrics": score, "site": name}), reply_to=message)
+        content = RecordDict({"arrays": arrays(received + 1), "site": name,
+                              "metrics": MetricRecord({NUM_EXAMPLES: 1, "train_loss": 0.1, TRAIN_SECONDS: 5.0,
+                                                       "train_steps": 1})})
+        if message.content["config"].get(EVALUATE_RECEIVED):
+            content[RECEIVED_METRICS] = score
+        return Message(content, reply_to=message)
+
+    reports, evaluated = [], []
+    run_rounds(FedAvg(min_train_nodes=2, min_evaluate_nodes=2, min_available_nodes=2), ReplyingGrid([1, 2], respond),
+               arrays(0.0), 1, 3, ConfigRecord(), ConfigRecord(), timeout_s=5, node_wait_s=1,
+               on_round=lambda r, _: reports.append(r), on_evaluated=evaluated.append, fold_evaluation=True)
+    assert [t for _, t in sent].count(MessageType.EVALUATE) == 2  # after the last round only, to both sites
+    assert len(sent) == 2 * 3 + 2
+    assert [r.server_round for r in evaluated] == [1, 2]
+    for report in reports:  # round r's global model is r (each site adds 1); site n scores it r + n
+        assert report.evaluate_metrics["dose_score"] == pytest.approx(report.server_round + (1 * 1 + 2 * 2) / 3)
+        assert sorted(report.site_evaluate) == ["site-1", "site-2"]
+    assert reports[0].folded_eval_s == {} and reports[1].folded_eval_s == {"site-1": 2.0, "site-2": 2.0}
+    assert reports[1].required_train_s == 7.0 and reports[1].slowest_site_eval_s == 0.0
+    assert reports[2].slowest_site_eval_s == 2.0  # its own evaluation step
+
+
+def test_a_relay_never_folds_the_evaluation():
+    """In a relay each site receives the previous site's model, not the global one: evaluation stays apart."""
+    cyclic = build_strategy({"name": "cyclic"}, 2, 2, 2)
+    assert not folds_evaluation(cyclic)
+    assert folds_evaluation(build_strategy({"name": "fedavg"}, 2, 2, 2))
+    assert not folds_evaluation(build_strategy({"name": "fedavg"}, 2, 2, 2, fraction_evaluate=0.5))
