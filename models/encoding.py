@@ -48,6 +48,16 @@ def seg_inputs(case: Case) -> np.ndarray:
     return np.stack([ct_channel(case.ct_hu), soft_tissue_channel(case.ct_hu)])
 
 
+def mr_channel(mr: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """An MR divided by the median of its body's signal (mostly soft tissue: about 1 on any scanner and scale),
+    clipped to [0, 5]: MR intensities have no absolute unit.
+    """
+    mr = np.asarray(mr, np.float32)
+    inside = mr[body] if body.any() else mr
+    scale = float(np.median(inside)) or 1.0
+    return np.clip(mr / scale, 0.0, 5.0).astype(np.float32)
+
+
 def dose_channel_permutation(protocol: Protocol) -> list[int]:
     """Channel order after a left-right flip of dose inputs: mirrored OAR channels swap places."""
     names = ["ct", *protocol.oars, "targets", "possible_dose_mask"]

@@ -6,17 +6,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
+
+from protocols.errors import DataError
 
 # Index order of every array in a case, as in the published OpenKBP data: axis 0 runs anterior -> posterior
 # (image rows), axis 1 patient right -> left (image columns), axis 2 superior -> inferior (slices).
 AXES: tuple[str, str, str] = ("anterior->posterior", "right->left", "superior->inferior")
 # Denser than this is patient (or couch), below it air: the outline when no EXTERNAL ROI or dose mask is given.
 TISSUE_HU = -500.0
+# An MR voxel is patient where the lightly smoothed signal exceeds this fraction of the image's 99th percentile (fat
+# or marrow): about half the soft-tissue signal, so the outline sits where a partial-volume edge is half tissue; air
+# gives only noise (cortical bone and air passages inside the outline are dark too: they are filled in).
+MR_BODY_FRACTION = 0.3
+MR_BODY_CLOSING = 2  # voxels: gaps a dark bone or a partial-volume rim leaves in the outline are bridged
+MR_BODY_SMOOTHING = 0.5  # Gaussian sigma in voxels against single noisy voxels; more would widen the outline
 
 
 @dataclass
 class Case:
-    """One patient on one grid: ``ct_hu`` float32 in HU, boolean masks, ``dose_gy`` float32 in Gy (or None)."""
+    """One patient on one grid: ``ct_hu`` float32 in HU, boolean masks, ``dose_gy`` float32 in Gy (or None), and
+    ``mr`` float32 in arbitrary units on the same grid (or None), the MR paired with the CT.
+    """
 
     patient_id: str
     ct_hu: np.ndarray
@@ -25,6 +36,7 @@ class Case:
     possible_dose_mask: np.ndarray | None = None
     dose_gy: np.ndarray | None = None
     source: Path | None = None
+    mr: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -50,3 +62,25 @@ class Case:
         """The structure's mask, or an all-false mask when the structure was not contoured."""
         found = self.structures.get(name)
         return found if found is not None else np.zeros(self.shape, dtype=bool)
+
+    def mr_body(self) -> np.ndarray:
+        """The patient's outline on the MR, the one body rule of every MR model: smoothed signal above
+        ``MR_BODY_FRACTION`` of the 99th percentile, the largest connected part, closed by ``MR_BODY_CLOSING`` voxels,
+        each axial slice's holes (dark bone, air passages) filled.
+        """
+        if self.mr is None:
+            raise DataError(f"patient {self.patient_id} ({self.source}) has no MR: add mr.csv beside ct.csv, or "
+                            "import the MR series with the CT")
+        smooth = ndimage.gaussian_filter(np.asarray(self.mr, np.float32), MR_BODY_SMOOTHING)
+        body = smooth > MR_BODY_FRACTION * float(np.percentile(smooth, 99))
+        labels, count = ndimage.label(body)
+        if count > 1:
+            body = labels == 1 + int(np.argmax(ndimage.sum_labels(body, labels, range(1, count + 1))))
+        # close gaps in a thin bright rim (scalp over dark skull) so that what it encloses is filled; the grid's
+        # edges are extended first, as the patient goes on beyond the scan
+        margin = MR_BODY_CLOSING
+        body = ndimage.binary_closing(np.pad(body, margin, mode="edge"), iterations=margin)[
+            margin:-margin, margin:-margin, margin:-margin]
+        for k in range(body.shape[2]):  # axis 2 runs through the axial slices (``AXES``)
+            body[:, :, k] = ndimage.binary_fill_holes(body[:, :, k])
+        return body

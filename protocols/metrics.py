@@ -1,4 +1,5 @@
-"""Dose and contour metrics: DVH points, the OpenKBP scores, Dice and HD95, and a protocol's clinical goals.
+"""Dose, contour and image metrics: DVH points, the OpenKBP scores, Dice and HD95, a protocol's clinical goals,
+and the synthetic-CT scores of SynthRAD (MAE, PSNR, SSIM inside the body).
 
 Pure numpy/scipy, so the server, the clients and the CLI can score doses without torch. Doses are evaluated
 in float64 whatever their stored dtype, as the challenge's evaluator (which loads everything into float64)
@@ -174,6 +175,54 @@ def hausdorff95_mm(a: np.ndarray, b: np.ndarray, spacing_mm: Sequence[float]) ->
     spacing = tuple(float(s) for s in spacing_mm)
     return float(max(np.percentile(_surface_distances_mm(surface_a, surface_b, spacing), 95),
                      np.percentile(_surface_distances_mm(surface_b, surface_a, spacing), 95)))
+
+
+# Synthetic CT, as SynthRAD scores it: both images clipped to this HU range, whose width is PSNR's and SSIM's data
+# range; SSIM with scikit-image's defaults (7-voxel uniform window, K1 0.01, K2 0.03, sample covariance).
+SCT_HU_RANGE = (-1024.0, 3000.0)
+_SSIM_WINDOW, _SSIM_K1, _SSIM_K2 = 7, 0.01, 0.03
+
+
+def _clipped_hu(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(image, np.float64), *SCT_HU_RANGE)
+
+
+def sct_mae_hu(reference_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray) -> float:
+    """Mean absolute error in HU inside ``mask`` (the body), both images clipped to ``SCT_HU_RANGE``."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        raise DataError("the body mask is empty: synthetic CT metrics are undefined")
+    return float(np.abs(_clipped_hu(reference_hu)[mask] - _clipped_hu(sct_hu)[mask]).mean())
+
+
+def sct_psnr_db(reference_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB inside ``mask``, the peak being the width of ``SCT_HU_RANGE``."""
+    mask = np.asarray(mask, bool)
+    mse = float(((_clipped_hu(reference_hu)[mask] - _clipped_hu(sct_hu)[mask]) ** 2).mean())
+    peak = SCT_HU_RANGE[1] - SCT_HU_RANGE[0]
+    return float("inf") if mse == 0 else 10.0 * float(np.log10(peak ** 2 / mse))
+
+
+def sct_ssim(reference_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray) -> float:
+    """Structural similarity averaged inside ``mask``: both images clipped, shifted to start at 0 and set to 0
+    outside the mask, then the local SSIM map (SynthRAD's recipe with scikit-image's defaults) meaned over the mask.
+    """
+    mask = np.asarray(mask, bool)
+    x = np.where(mask, _clipped_hu(reference_hu) - SCT_HU_RANGE[0], 0.0)
+    y = np.where(mask, _clipped_hu(sct_hu) - SCT_HU_RANGE[0], 0.0)
+    window = _SSIM_WINDOW
+    covariance = window ** x.ndim / (window ** x.ndim - 1.0)  # unbiased, as scikit-image
+
+    def mean(image: np.ndarray) -> np.ndarray:
+        return ndimage.uniform_filter(image, size=window, mode="reflect")
+
+    ux, uy = mean(x), mean(y)
+    vx, vy = covariance * (mean(x * x) - ux * ux), covariance * (mean(y * y) - uy * uy)
+    vxy = covariance * (mean(x * y) - ux * uy)
+    peak = SCT_HU_RANGE[1] - SCT_HU_RANGE[0]
+    c1, c2 = (_SSIM_K1 * peak) ** 2, (_SSIM_K2 * peak) ** 2
+    ssim_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return float(ssim_map[mask].mean())
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 Conventions (checked against the challenge's ``data-description.pdf``): arrays are 128^3, flat indices in C
 order, axes as in :data:`protocols.case.AXES`. CT is stored as HU + 1000 (air 0) in a mix of 12- and 16-bit
 ranges; like the challenge we clip the stored value to [0, 4095], so ``ct_hu = clip(stored, 0, 4095) - 1000``.
+A patient folder may also hold ``mr.csv``: an MR on the CT's grid (arbitrary units, e.g. a simulated MR from
+:mod:`protocols.simulated_mr`), in the same sparse layout and read by the same rules as ``ct.csv``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from protocols.validation import CaseReport, Finding, Policy, Severity, apply_po
 
 CT_OFFSET = 1000.0
 CT_STORED_MAX = 4095.0
-CACHE_VERSION = "2"  # 2: a plain CSV cut mid-row is refused
+CACHE_VERSION = "3"  # 2: a plain CSV cut mid-row is refused; 3: mr.csv is read
 REQUIRED = ("ct", "possible_dose_mask", "voxel_dimensions")
-PATIENT_FILES = (*REQUIRED, "dose")  # any one of them makes a folder a patient's, usable or not
+MR = "mr"  # optional: an MR on the CT's grid, arbitrary units
+PATIENT_FILES = (*REQUIRED, "dose", MR)  # any one of them makes a folder a patient's, usable or not
+IMAGES = ("ct", "dose", MR)  # files of values; every other array file is a mask
+MR_FLOAT_FORMAT = "%.4g"  # 4 digits: 0.05 % steps, far below any MR noise (1 % and more)
 
 
 class PredictionFileError(DataError):
@@ -95,7 +100,7 @@ def read_openkbp_case(
     patient_dir = Path(patient_dir)
     report = CaseReport(patient_dir.name, patient_dir)
     shape = protocol.grid.shape
-    names = [*REQUIRED, "dose", *protocol.structure_names]
+    names = [*REQUIRED, "dose", MR, *protocol.structure_names]
     files = {name: source_file(patient_dir, name) for name in names}
     for name in (*REQUIRED, *(["dose"] if require_dose else [])):
         if files[name] is None:
@@ -109,7 +114,7 @@ def read_openkbp_case(
 
     spacing = _read_spacing(files["voxel_dimensions"], report)
     arrays: dict[str, np.ndarray] = {}
-    for name in ("ct", "dose", "possible_dose_mask", *protocol.structure_names):
+    for name in ("ct", "dose", MR, "possible_dose_mask", *protocol.structure_names):
         path = files[name]
         if path is None:
             continue
@@ -129,7 +134,7 @@ def read_openkbp_case(
                        f"(range {index.min()}..{index.max()})", path,
                        f"resample the patient to the protocol grid {shape}")
             continue
-        if name in ("ct", "dose"):
+        if name in IMAGES:
             if not np.all(np.isfinite(values)):
                 report.add(Severity.ERROR, "nan", f"{name}: {int(np.sum(~np.isfinite(values)))} non-finite values",
                            path, "re-export the array; NaN or infinite values cannot be trained on")
@@ -157,6 +162,7 @@ def read_openkbp_case(
         possible_dose_mask=arrays["possible_dose_mask"],
         dose_gy=arrays.get("dose"),
         source=patient_dir,
+        mr=arrays.get(MR),
     )
     return case, report
 
@@ -226,6 +232,8 @@ def _save_cached(path: Path, case: Case, report: CaseReport) -> None:
     }
     if case.dose_gy is not None:
         payload["dose_gy"] = case.dose_gy
+    if case.mr is not None:
+        payload["mr"] = case.mr
     with atomic_file(path) as tmp:
         np.savez(tmp, **payload)
 
@@ -248,6 +256,7 @@ def _load_cached(path: Path, patient_dir: Path) -> tuple[Case, CaseReport]:
             possible_dose_mask=unpack("possible_dose_mask"),
             dose_gy=data.get("dose_gy"),
             source=patient_dir,
+            mr=data.get("mr"),
         )
         report = CaseReport(patient_dir.name, patient_dir)
         for severity, code, message, where, fix in json.loads(str(data["findings"])):
@@ -296,12 +305,22 @@ def write_sparse_csv(path: Path, values: np.ndarray, is_mask: bool, float_format
                                                                compression=compression)
 
 
+def write_mr(patient_dir: Path, mr: np.ndarray, compress: bool = False) -> Path:
+    """Write an MR into a patient folder as ``mr.csv`` (``mr.csv.gz`` if ``compress``), in the layout of ``ct.csv``;
+    call it inside a staged folder (:func:`write_openkbp_case`), it is not atomic on its own.
+    """
+    path = Path(patient_dir) / f"{MR}{'.csv.gz' if compress else '.csv'}"
+    write_sparse_csv(path, np.asarray(mr, dtype=np.float32), False, MR_FLOAT_FORMAT)
+    return path
+
+
 def write_openkbp_case(case: Case, patient_dir: Path | str, compress: bool = False,
                        extra_files: dict[str, str] | None = None) -> Path:
     """Write a case in the OpenKBP CSV layout (CT as HU + 1000 clipped to [0, 4095]), all files or none.
 
     The folder is built next to ``patient_dir`` and renamed into place, replacing an earlier version.
-    ``compress`` writes ``NAME.csv.gz`` (as the shared data) instead of ``NAME.csv`` (as the challenge);
+    ``compress`` writes ``NAME.csv.gz`` (as the shared data) instead of ``NAME.csv`` (as the challenge); ``mr.csv``
+    is written when the case has an MR;
     ``extra_files`` (file name -> text) are written alongside, e.g. a provenance record.
     """
     patient_dir = Path(patient_dir)
@@ -311,6 +330,8 @@ def write_openkbp_case(case: Case, patient_dir: Path | str, compress: bool = Fal
         write_sparse_csv(staging / f"ct{suffix}", ct_stored, False, "%.1f")
         if case.dose_gy is not None:
             write_sparse_csv(staging / f"dose{suffix}", np.maximum(case.dose_gy, 0), False, "%.6g")
+        if case.mr is not None:
+            write_mr(staging, case.mr, compress)
         mask = case.possible_dose_mask if case.possible_dose_mask is not None else np.ones(case.shape, bool)
         write_sparse_csv(staging / f"possible_dose_mask{suffix}", mask, True, "%g")
         for name, structure in case.structures.items():

@@ -8,15 +8,22 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from external import DICOM3TOOLS, require_tool
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
 
 from protocols.case import Case
 from protocols.dicom.export import export_case
 from protocols.dicom.geometry import VolumeGrid
+from protocols.dicom.header import StudyContext, new_dataset, save_dataset
 from protocols.dicom.importer import read_dicom_folder
+from protocols.dicom.mr import MR_IMAGE_STORAGE
+from protocols.dicom.registration import DEFORMABLE_REGISTRATION_STORAGE, SPATIAL_REGISTRATION_STORAGE
 from protocols.dicom.study import DicomCase
 from protocols.protocol import Protocol
 from protocols.validation import CaseReport, Policy, apply_policy
 
+SIEMENS_MR = Path("/usr/share/doc/dicom3tools/examples/0051.dcm")  # Debian dicom3tools' example: a Siemens mosaic
 MET_TYPES = {"MET_UCHAR": np.uint8, "MET_SHORT": np.int16, "MET_USHORT": np.uint16, "MET_FLOAT": np.float32}
 
 
@@ -125,3 +132,66 @@ def write_mha(path: Path, array: np.ndarray, grid: VolumeGrid, met_type: str) ->
               f"ElementType = {met_type}\nElementDataFile = LOCAL\n")
     data = np.ascontiguousarray(array.transpose(2, 0, 1)[::-1]).astype(MET_TYPES[met_type])
     path.write_bytes(header.encode() + data.tobytes())
+
+
+def write_mr_series(folder: Path, values: np.ndarray, grid: VolumeGrid, context: StudyContext,
+                    description: str = "t1_se_tra", rescale: tuple[float, float] = (0.5, 10.0)) -> list[Path]:
+    """An MR Image Storage series, one file ``MR.<n>.dcm`` per slice (axis 2, superior first), on ``grid`` in
+    ``context``'s frame; ``values`` (case axis order) stored as signed 16-bit through ``rescale`` (slope, intercept).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    slope, intercept = rescale
+    stored = np.clip(np.round((values - intercept) / slope), -32768, 32767).astype(np.int16)
+    series_uid, paths = generate_uid(), []
+    for k in range(grid.shape[2]):
+        ds = new_dataset(context, MR_IMAGE_STORAGE, "MR", 3, description, series_uid, k + 1)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "2D"
+        ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength, ds.MagneticFieldStrength = 500, 15, 1, 1.5
+        ds.PatientPosition = "HFS"
+        ds.ImagePositionPatient = [float(v) for v in grid.to_mm((0, 0, k))]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [float(grid.spacing_mm[0]), float(grid.spacing_mm[1])]
+        ds.SliceThickness = float(grid.spacing_mm[2])
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = grid.shape[0], grid.shape[1]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k]).tobytes()
+        paths.append(save_dataset(ds, folder / f"MR.{k + 1:04d}.dcm"))
+    return paths
+
+
+def write_registration(path: Path, context: StudyContext, into_own: dict[str, np.ndarray],
+                       matrix_type: str = "RIGID") -> Path:
+    """A Spatial Registration object in ``context``'s frame: one item per frame of ``into_own``, whose 4x4 matrix
+    takes that frame's points into the registration's own frame (PS3.3 C.20.2.1.1).
+    """
+    ds = new_dataset(context, SPATIAL_REGISTRATION_STORAGE, "REG", 4, "Registration")
+    ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
+    ds.InstanceNumber, ds.ContentLabel, ds.ContentDescription, ds.ContentCreatorName = 1, "REG", "", ""
+    items = []
+    for frame, matrix in into_own.items():
+        entry = Dataset()
+        entry.FrameOfReferenceTransformationMatrixType = matrix_type
+        entry.FrameOfReferenceTransformationMatrix = [float(v) for v in np.asarray(matrix).ravel()]
+        registration = Dataset()
+        registration.RegistrationTypeCodeSequence = Sequence([])
+        registration.MatrixSequence = Sequence([entry])
+        item = Dataset()
+        item.FrameOfReferenceUID = frame
+        item.MatrixRegistrationSequence = Sequence([registration])
+        items.append(item)
+    ds.RegistrationSequence = Sequence(items)
+    return save_dataset(ds, path)
+
+
+def write_deformable_registration(path: Path, context: StudyContext, source_frame: str) -> Path:
+    """A Deformable Spatial Registration object in ``context``'s frame naming ``source_frame`` (no grid: enough to be
+    recognised and refused).
+    """
+    ds = new_dataset(context, DEFORMABLE_REGISTRATION_STORAGE, "REG", 4, "Deformable registration")
+    item = Dataset()
+    item.SourceFrameOfReferenceUID = source_frame
+    ds.DeformableRegistrationSequence = Sequence([item])
+    return save_dataset(ds, path)

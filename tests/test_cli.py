@@ -20,7 +20,7 @@ COMMANDS = ["train", "predict", "evaluate", "data", "export-dicom", "segment", "
 
 
 @pytest.mark.parametrize("argv", [["--help"], *([c, "--help"] for c in COMMANDS), ["node", "start", "--help"],
-                                  ["data", "import-dicom", "--help"]])
+                                  ["data", "import-dicom", "--help"], ["data", "simulate-mr", "--help"]])
 def test_help_leaves_the_heavy_libraries_unimported(argv):
     probe = "\n".join(["import sys", "from fedrt import cli", "try:", f"    cli.build_parser().parse_args({argv!r})",
                        "except SystemExit:", "    pass", "print(' '.join({m.split('.')[0] for m in sys.modules}))"])

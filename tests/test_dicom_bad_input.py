@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_cases import ct_files, edit, export_small, load_dicom_cases, move_to_other_frame, small_case
+from dicom_cases import SIEMENS_MR, ct_files, edit, export_small, load_dicom_cases, move_to_other_frame, small_case
 from external import DICOM3TOOLS, require_data
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
@@ -24,7 +24,6 @@ from runtime.segmentation import read_planning_ct
 
 THIRDPARTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "thirdparty-dicom"
 HOW_THIRDPARTY = "put the third-party DICOM samples (see its README.md) in ../shared/data/thirdparty-dicom"
-SIEMENS_MR = Path("/usr/share/doc/dicom3tools/examples/0051.dcm")
 
 
 def findings(report: CaseReport, code: str) -> list[Finding]:
@@ -55,15 +54,18 @@ def test_an_mr_only_folder_is_a_patient_with_an_error_naming_the_mr_file(source,
     (error,) = report.errors
     assert report.of_patient and error.code == "no-ct" and error.path == tmp_path / "mr.dcm"
     assert "MR" in error.message and "planning CT" in error.message and "MRI-only" in error.fix
+    assert "mr.dcm" in error.message
     assert not (tmp_path / "out").exists()
     assert format_reports(reports).endswith("1 patients: 0 ok, 0 with warnings, 1 unusable")
 
 
-def test_an_mr_series_beside_the_ct_is_noted_in_the_patients_report(exported, protocol):
+def test_an_mr_series_beside_the_ct_on_another_frame_is_a_warning_naming_its_file(exported, protocol):
     edit(shutil.copy(get_testdata_file("MR_small.dcm"), exported / "mr.dcm"), PatientID="synth")
     case, report = only_patient(exported, protocol)
-    assert case is not None and report.status == "ok"
-    assert findings(report, "not-used")[0].path == exported / "mr.dcm"
+    assert case is not None and case.case.mr is None and report.status == "warning"
+    (warning,) = report.warnings
+    assert warning.code == "mr-not-paired" and warning.path == exported / "mr.dcm"
+    assert "mr.dcm" in warning.message and "spatial registration" in warning.fix
 
 
 def test_the_summary_counts_patients_and_lists_unassigned_files_apart(exported, protocol, tmp_path):

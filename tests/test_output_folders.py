@@ -40,6 +40,7 @@ def test_segment_refuses_a_non_empty_folder_before_reading_the_ct(occupied, prot
     (["export-dicom", "no-such-patient", "{out}"], "OUT"),
     (["plan", "no-such-patient", "--target-dose", "no-such-dose.csv", "--out", "{out}"], "--out"),
     (["phantoms", "{out}", "--n", "1"], "destination"),
+    (["data", "simulate-mr", "no-such-data", "{out}"], "DST"),
 ])
 def test_commands_refuse_a_non_empty_output_folder_before_any_work(occupied, argv, option):
     args = build_parser().parse_args([a.format(out=occupied) for a in argv])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fedrt.commands.dicom import add_import_dicom
+from fedrt.commands.simulate_mr import add_simulate_mr
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,6 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(run=run_check)
     add_import_dicom(sub)
+    add_simulate_mr(sub)
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
-"""DICOM RT in and out: readers (CT, RTSTRUCT, RTDOSE, RTPLAN) into cases, writers, and the dataset import.
+"""DICOM RT in and out: readers (CT, MR, RTSTRUCT, RTDOSE, RTPLAN, spatial registrations) into cases, writers, and
+the dataset import.
 
 Modules, one job each: ``geometry`` (grids in patient space, resampling), ``raster`` (contours <-> masks),
-``names`` (structure-name mapping), ``ct``/``rtstruct``/``rtdose``/``rtplan`` (readers), ``study`` (one
+``names`` (structure-name mapping), ``series`` (what every image series reader shares), ``ct``/``mr``/``rtstruct``/
+``rtdose``/``rtplan``/``registration`` (readers), ``pairing`` (which MR goes with the CT, and how), ``study`` (one
 patient's objects -> a case), ``importer`` (folders -> protocol dataset), ``header`` (what every written
 object shares), ``export`` (writers).
 """

@@ -3,7 +3,8 @@
 Every volume fedrt reads from DICOM is turned into the case axis order of :data:`protocols.case.AXES`:
 axis 0 runs anterior -> posterior (+y), axis 1 patient right -> left (+x), axis 2 superior -> inferior
 (-z). With the directions fixed, a grid is its shape, spacing and the LPS position of voxel [0, 0, 0], and
-resampling between two grids is separable: three 1-D linear (or nearest) interpolations.
+resampling between two grids is separable: three 1-D linear (or nearest) interpolations. Only an image of another
+frame of reference, rotated by a rigid registration, is sampled point by point (:func:`resample_rigid`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from protocols.validation import CaseReport, Severity
 
@@ -112,6 +114,33 @@ def resample(array: np.ndarray, source: VolumeGrid, target: VolumeGrid, order: i
     return out
 
 
+def resample_rigid(array: np.ndarray, source: VolumeGrid, target: VolumeGrid, source_from_target: np.ndarray,
+                   cval: float = 0.0) -> np.ndarray:
+    """Resample a volume (trilinear) onto a grid of another frame of reference; ``cval`` outside.
+
+    ``source_from_target`` is a rigid 4x4 matrix taking LPS points of the target's frame into the source's. Without
+    rotation the source grid is only moved and :func:`resample` (the separable path every image takes) does the work;
+    a rotation samples each target voxel's position, one axial plane at a time to bound the memory.
+    """
+    rotation, shift = np.asarray(source_from_target[:3, :3]), np.asarray(source_from_target[:3, 3])
+    if np.allclose(rotation, np.eye(3), atol=1e-9):
+        origin = tuple(float(v) for v in np.asarray(source.origin_mm) - shift)
+        return resample(array, VolumeGrid(source.shape, source.spacing_mm, origin), target, order=1, cval=cval)
+    values = np.asarray(array, dtype=np.float32)
+    upper = np.asarray(source.shape, dtype=np.float64) - 1
+    plane = np.stack(np.meshgrid(np.arange(target.shape[0]), np.arange(target.shape[1]), indexing="ij"), axis=-1)
+    out = np.empty(target.shape, dtype=np.float32)
+    for k in range(target.shape[2]):
+        index = np.concatenate([plane, np.full((*plane.shape[:2], 1), k)], axis=-1)
+        coords = source.to_index(target.to_mm(index) @ rotation.T + shift)
+        coords = np.where(np.abs(coords - np.round(coords)) < SNAP, np.round(coords), coords)
+        inside = np.all((coords >= 0) & (coords <= upper), axis=-1)
+        sampled = ndimage.map_coordinates(values, np.moveaxis(coords, -1, 0), order=1, mode="nearest",
+                                          output=np.float32)
+        out[:, :, k] = np.where(inside, sampled, np.float32(cval))
+    return out
+
+
 @dataclass(frozen=True)
 class SliceStack:
     """Image planes as stored: pixels (n, rows, cols), each plane's ImagePositionPatient, one orientation."""
@@ -127,12 +156,13 @@ ORIENTATION_TOLERANCE = 1e-4  # direction cosines this close to an axis count as
 POSITION_TOLERANCE_MM = 0.05
 
 
-def stack_to_volume(stack: SliceStack, report: CaseReport, path: Path,
-                    what: str) -> tuple[np.ndarray, VolumeGrid] | None:
+def stack_to_volume(stack: SliceStack, report: CaseReport, path: Path, what: str,
+                    lone_plane_mm: float | None = None) -> tuple[np.ndarray, VolumeGrid] | None:
     """Turn image planes into a volume in case axis order on a uniform grid, or None after an ERROR finding.
 
     Checks what silently corrupts geometry: non-axial or rotated planes, gantry tilt, duplicate planes and
-    missing planes; uneven but gap-free plane spacing is resampled to the median spacing (a WARNING).
+    missing planes; uneven but gap-free plane spacing is resampled to the median spacing (a WARNING). A single
+    plane is a volume one voxel deep only when ``lone_plane_mm`` (its slice thickness) is given.
     """
     fix_resample = "resample the series to an axial, untilted grid (e.g. plastimatch convert) and re-export it"
     row, col = stack.row_direction, stack.column_direction
@@ -149,7 +179,7 @@ def stack_to_volume(stack: SliceStack, report: CaseReport, path: Path,
     positions = stack.positions_mm
     order = np.argsort(-positions[:, 2], kind="stable")  # superior first: case axis 2 is -z
     positions, pixels = positions[order], stack.pixels[order]
-    if len(positions) < 2:
+    if len(positions) < 2 and lone_plane_mm is None:
         report.add(Severity.ERROR, "too-few-slices", f"{what}: {len(positions)} plane(s); a volume needs at least "
                    "2", path, "export the whole series")
         return None
@@ -166,7 +196,7 @@ def stack_to_volume(stack: SliceStack, report: CaseReport, path: Path,
                    f"(z = {', '.join(f'{v:g}' for v in at[:5])} mm)", path,
                    "remove the duplicate files or separate the acquisitions into their own series")
         return None
-    spacing_z = float(np.median(steps))
+    spacing_z = float(np.median(steps)) if steps.size else float(lone_plane_mm)
     gaps = steps > 1.5 * spacing_z
     if gaps.any():
         where = ", ".join(f"{z[i]:g}..{z[i + 1]:g}" for i in np.flatnonzero(gaps)[:5])
@@ -189,7 +219,7 @@ def stack_to_volume(stack: SliceStack, report: CaseReport, path: Path,
     origin = positions[0] + corner
     grid = VolumeGrid(tuple(volume.shape), (float(spacing_yx[0]), float(spacing_yx[1]), spacing_z),
                       (float(origin[0]), float(origin[1]), float(z[0])))
-    if np.abs(steps - spacing_z).max() > max(0.01 * spacing_z, 0.01):
+    if steps.size and np.abs(steps - spacing_z).max() > max(0.01 * spacing_z, 0.01):
         report.add(Severity.WARNING, "uneven-spacing", f"{what}: plane spacing varies ({steps.min():g}.."
                    f"{steps.max():g} mm); resampled to {spacing_z:g} mm", path,
                    "none needed; export with uniform slice spacing to avoid the interpolation")

@@ -3,7 +3,9 @@
 On-disk format: one, the OpenKBP CSV layout on the protocol grid (128^3 for hn-openkbp), because that is
 what training reads (``protocols.dataset.ProtocolDataset``). The patient is resampled onto the protocol's
 shape and spacing: centred in-plane on the body and along the slices on the targets, CT and dose trilinear,
-masks by linear interpolation thresholded at 0.5; a patient already on that grid is written unchanged.
+masks by linear interpolation thresholded at 0.5; a patient already on that grid is written unchanged. An MR
+paired with the CT (same frame, or a rigid spatial registration: :mod:`protocols.dicom.pairing`) is resampled from
+its own grid onto the same grid, trilinear, and written as ``mr.csv``.
 ``fmt="fedrt"`` writes ``NAME.csv.gz`` plus ``dicom_import.json`` (source UIDs, the grid's position in
 patient space, the name match, the plan summary and the findings), so ``fedrt export-dicom`` can put the
 arrays back in place; ``fmt="openkbp"`` writes exactly the challenge's files (plain ``NAME.csv``).
@@ -32,7 +34,9 @@ from protocols.dicom import FORMATS
 from protocols.dicom.attributes import MALFORMED, text
 from protocols.dicom.ct import CT_IMAGE_STORAGE
 from protocols.dicom.geometry import AXIS_DIRECTIONS, VolumeGrid, resample
+from protocols.dicom.mr import MR_STORAGE
 from protocols.dicom.names import build_name_table
+from protocols.dicom.registration import REGISTRATION_STORAGE
 from protocols.dicom.rtdose import RT_DOSE_STORAGE
 from protocols.dicom.rtplan import RT_PLAN_STORAGE
 from protocols.dicom.rtstruct import RT_STRUCTURE_SET_STORAGE
@@ -49,7 +53,8 @@ NO_PATIENT_ID = "no-patient-id"  # the finding of a CT or RT file without Patien
 UNDEFINED_LENGTH = 0xFFFFFFFF  # a sequence or item whose end is a delimiter, not a byte count
 DEFER_BYTES = 64 * 1024  # larger values (pixel data, long contours) are read from the file when used
 KINDS = {CT_IMAGE_STORAGE: "CT", RT_STRUCTURE_SET_STORAGE: "RTSTRUCT", RT_DOSE_STORAGE: "RTDOSE",
-         RT_PLAN_STORAGE: "RTPLAN"}
+         RT_PLAN_STORAGE: "RTPLAN", **dict.fromkeys(MR_STORAGE, "MR"), **dict.fromkeys(REGISTRATION_STORAGE, "REG")}
+BESIDE_CT = ("MR", "REG")  # kinds a patient may have beside the CT: without a patient they are only noted
 
 
 class TruncatedFileError(DicomError):
@@ -118,7 +123,7 @@ def scan_folder(src: Path) -> tuple[dict[str, PatientFiles], CaseReport]:
             kind = KINDS.get(text(ds, "SOPClassUID"), "")
             patient_id = text(ds, "PatientID") or text(ds, "PatientName")
             if not patient_id:
-                if kind:
+                if kind and kind not in BESIDE_CT:
                     skipped.add(Severity.WARNING, NO_PATIENT_ID, f"{kind} file without PatientID or PatientName",
                                 path, "re-export the file with the patient's (pseudonymised) ID")
                 else:
@@ -128,11 +133,12 @@ def scan_folder(src: Path) -> tuple[dict[str, PatientFiles], CaseReport]:
             files = patients.setdefault(patient_id, PatientFiles(patient_id))
             if truncated:
                 files.truncated[path] = truncated
-            if kind == "CT":  # a truncated slice too: its header marks its series as damaged
-                files.ct_series.setdefault(text(ds, "SeriesInstanceUID"), []).append((path, ds))
+            if kind in ("CT", "MR"):  # a truncated slice too: its header marks its series as damaged
+                series = files.ct_series if kind == "CT" else files.mr_series
+                series.setdefault(text(ds, "SeriesInstanceUID"), []).append((path, ds))
             elif not truncated:
                 {"RTSTRUCT": files.structure_sets, "RTDOSE": files.doses, "RTPLAN": files.plans,
-                 "": files.unused}[kind].append((path, ds))
+                 "REG": files.registrations, "": files.unused}[kind].append((path, ds))
         except MALFORMED as exc:
             skipped.add(Severity.WARNING, "unreadable", f"DICOM file cannot be parsed ({exc})", path, FIX_DAMAGED)
     return patients, skipped
@@ -244,6 +250,7 @@ def to_protocol_grid(dicom_case: DicomCase, protocol: Protocol, report: CaseRepo
         structures=structures,
         possible_dose_mask=mask(case.possible_dose_mask) if case.possible_dose_mask is not None else None,
         dose_gy=None if case.dose_gy is None else resample(case.dose_gy, native, grid, order=1).astype(np.float32),
+        mr=None if dicom_case.mr is None else dicom_case.mr.on_grid(grid),
     )
     return resampled, grid
 

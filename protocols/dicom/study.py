@@ -1,7 +1,8 @@
 """One patient's DICOM objects -> a case on the CT grid: pick the CT, its structure set, dose and plan.
 
 Links follow the references a planning system writes (structure set -> CT series, dose -> plan -> structure
-set) and fall back on the frame of reference, then on "the only CT of the study", each fallback reported.
+set) and fall back on the frame of reference, then on "the only CT of the study", each fallback reported. An MR
+series beside the CT is paired with it by :mod:`protocols.dicom.pairing` (same frame, or a rigid registration).
 """
 
 from __future__ import annotations
@@ -20,23 +21,24 @@ from protocols.dicom.ct import FIX_REEXPORT as CT_FIX_REEXPORT
 from protocols.dicom.ct import CtSeries, read_ct_series
 from protocols.dicom.geometry import VolumeGrid
 from protocols.dicom.names import NameMatch, NameTable, is_body, match_names
+from protocols.dicom.pairing import PairedMr, pair_mr
 from protocols.dicom.rtdose import RtDose, read_rtdose
 from protocols.dicom.rtplan import PlanSummary, describe_plan, read_rtplan
 from protocols.dicom.rtstruct import StructureSet, rasterise_roi, read_structure_set
+from protocols.dicom.series import Item, series_name
 from protocols.protocol import Protocol
 from protocols.validation import CaseReport, Severity
 
-Item = tuple[Path, Dataset]
-NOT_USED = "not-used"  # the finding of a DICOM object of a kind the import does not use (MR, PET, ...)
+NOT_USED = "not-used"  # the finding of a DICOM object of a kind the import does not use (PET, MR spectroscopy, ...)
 FIX_DAMAGED = "re-export the file, or remove it if it is a damaged copy"
 
 
 @dataclass
 class PatientFiles:
-    """The DICOM objects found for one patient, by kind; CT slices grouped by series.
+    """The DICOM objects found for one patient, by kind; CT and MR slices grouped by series.
 
-    ``truncated`` maps each file cut short to what is cut; a truncated CT slice is in ``ct_series`` too (its
-    header only), so its series is known to be damaged; other truncated files are in no list.
+    ``truncated`` maps each file cut short to what is cut; a truncated CT or MR slice is in ``ct_series`` or
+    ``mr_series`` too (its header only), so its series is known to be damaged; other truncated files are in no list.
     """
 
     patient_id: str
@@ -46,12 +48,15 @@ class PatientFiles:
     plans: list[Item] = field(default_factory=list)
     unused: list[Item] = field(default_factory=list)
     truncated: dict[Path, str] = field(default_factory=dict)
+    mr_series: dict[str, list[Item]] = field(default_factory=dict)
+    registrations: list[Item] = field(default_factory=list)  # Spatial and Deformable Registration objects
 
     @property
     def folder(self) -> Path:
         """The deepest folder holding all of this patient's files."""
-        paths = [str(p) for items in (*self.ct_series.values(), self.structure_sets, self.doses, self.plans,
-                                      self.unused) for p, _ in items] + [str(p) for p in self.truncated]
+        paths = [str(p) for items in (*self.ct_series.values(), *self.mr_series.values(), self.structure_sets,
+                                      self.doses, self.plans, self.registrations, self.unused)
+                 for p, _ in items] + [str(p) for p in self.truncated]
         return Path(os.path.commonpath(paths)) if paths else Path()
 
 
@@ -62,7 +67,9 @@ def unused_object(ds: Dataset) -> str:
 
 @dataclass
 class DicomCase:
-    """A case read from DICOM on its CT grid, with where it sits in patient space and what it came from."""
+    """A case read from DICOM on its CT grid, with where it sits in patient space and what it came from; ``mr`` is
+    the paired MR on its own grid (``case.mr`` holds it on the CT's), to resample it once onto another grid.
+    """
 
     case: Case
     grid: VolumeGrid
@@ -70,6 +77,7 @@ class DicomCase:
     plan: PlanSummary | None
     uids: dict[str, str]
     body: np.ndarray
+    mr: PairedMr | None = None
 
 
 def read_patient(files: PatientFiles, protocol: Protocol, table: NameTable,
@@ -129,18 +137,21 @@ def read_patient(files: PatientFiles, protocol: Protocol, table: NameTable,
         dose_gy = dose.on_grid(ct.grid)
     else:
         possible, dose_gy = body.copy(), None
+    mr = pair_mr(files.mr_series, files.registrations, files.truncated, ct, body, report)
     case = Case(patient_id=report.patient_id, ct_hu=ct.ct_hu, spacing_mm=ct.grid.spacing_mm,
-                structures=structures, possible_dose_mask=possible, dose_gy=dose_gy, source=ct.folder)
+                structures=structures, possible_dose_mask=possible, dose_gy=dose_gy, source=ct.folder,
+                mr=mr.on_grid(ct.grid) if mr is not None else None)
     uids = {"study": ct.study_uid, "ct_series": ct.series_uid, "frame_of_reference": ct.frame_of_reference_uid,
-            "structure_set": structure_set.sop_instance_uid, "plan": plan.sop_instance_uid if plan else ""}
-    return DicomCase(case, ct.grid, names, plan, uids, body)
+            "structure_set": structure_set.sop_instance_uid, "plan": plan.sop_instance_uid if plan else "",
+            "mr_series": mr.series.series_uid if mr is not None else ""}
+    return DicomCase(case, ct.grid, names, plan, uids, body, mr)
 
 
 def _report_unread(files: PatientFiles, report: CaseReport) -> None:
     """A patient's files the import does not read: objects of other kinds (noted) and truncated RT objects."""
     for path, ds in files.unused:
         report.add(Severity.NOTE, NOT_USED, f"{unused_object(ds)} is not used by the import", path)
-    in_series = {path for items in files.ct_series.values() for path, _ in items}
+    in_series = {path for items in (*files.ct_series.values(), *files.mr_series.values()) for path, _ in items}
     for path, cut in files.truncated.items():
         if path not in in_series:
             report.add(Severity.WARNING, "truncated-file", f"{path.name} is truncated: {cut}; not used", path,
@@ -148,14 +159,18 @@ def _report_unread(files: PatientFiles, report: CaseReport) -> None:
 
 
 def _report_no_ct(files: PatientFiles, report: CaseReport) -> None:
-    """The error of a patient without a CT series, naming what it has instead (e.g. only an MR series)."""
-    others = sorted({text(ds, "Modality", "?") for _, ds in files.unused})
-    where = [path for path, _ in files.structure_sets or files.doses or files.plans or files.unused] + list(
-        files.truncated)
+    """The error of a patient without a CT series, naming what it has instead (e.g. only an MR series, by its files)."""
+    mr = [sorted(items, key=lambda item: item[0]) for _, items in sorted(files.mr_series.items())]
+    others = sorted({text(ds, "Modality", "?") for _, ds in files.unused} | ({"MR"} if mr else set()))
+    where = [items[0][0] for items in mr] + [
+        path for path, _ in files.structure_sets or files.doses or files.plans or files.registrations or files.unused
+    ] + list(files.truncated)
     message, fix = "no CT image series for this patient", "export the planning CT series together with the RT objects"
     if others:
-        message = f"{', '.join(others)} images but no planning CT for this patient (the import uses CT only)"
-    if "MR" in others:
+        message = f"{', '.join(others)} images but no planning CT for this patient (the import needs the CT; an MR " \
+                  "is only imported paired with one)"
+    if mr:
+        message += f"; MR: {', '.join(series_name(items, 'MR') for items in mr)}"
         fix += "; an MRI-only workflow (no CT) is not supported yet, it is planned separately"
     report.add(Severity.ERROR, "no-ct", message, where[0], fix)
 
