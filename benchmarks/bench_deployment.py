@@ -43,6 +43,7 @@ SIZES = {  # cpu60: the benchmark network (native grid, 96^3 patches, 16-32-64-1
     "smoke": ["preset=smoke", "data.max_cases=null", "num_sites=2", "rounds=4", "federation.local_epochs=1",
               "train.steps_per_epoch=2", "train.threads=1", "data.max_val_cases=1", "federation.server_eval_every=4"],
 }
+MEASURES = ("deployment", "deployment_no_worker", "simulation")
 ROUND_KEYS = ("seconds", "train_phase_s", "slowest_site_train_s", "slowest_site_eval_s", "server_eval_s",
               "overhead_s", "overhead_fraction", "train_overhead_s", "train_overhead_fraction")
 
@@ -125,6 +126,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu60")
+    parser.add_argument("--only", nargs="+", choices=MEASURES, default=list(MEASURES),
+                        help="run only these of the three measures (default: all)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     out = args.out.resolve()
@@ -136,8 +139,8 @@ def main() -> None:
     measures = {"deployment": lambda: deployed(out / "deployment", run, worker=True),
                 "deployment_no_worker": lambda: deployed(out / "deployment-no-worker", run, worker=False),
                 "simulation": lambda: simulated(out / "simulation", run)}
-    for name, measure in measures.items():
-        result[name] = measure()
+    for name in args.only:
+        result[name] = measures[name]()
         (out / "deployment.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

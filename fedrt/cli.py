@@ -27,6 +27,7 @@ from fedrt.commands import (
     plan,
     predict,
     run,
+    sct,
     segment,
     server,
     simulate,
@@ -36,7 +37,7 @@ from protocols.errors import FedrtError
 
 DESCRIPTION = ("fedrt: federated learning for radiation therapy. Hospitals keep their patients; the models travel. "
                "`fedrt COMMAND --help` tells a command's options.")
-COMMANDS = (train, predict, evaluate, data, dicom, segment, plan, phantoms, simulate, baseline, compare, models,
+COMMANDS = (train, predict, evaluate, data, dicom, segment, sct, plan, phantoms, simulate, baseline, compare, models,
             certs, server, node, run, listen)
 
 

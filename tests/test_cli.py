@@ -15,7 +15,7 @@ from fedrt.commands import evaluate
 HEAVY = ("torch", "monai", "mlflow", "flwr", "scipy", "matplotlib")
 
 
-COMMANDS = ["train", "predict", "evaluate", "data", "export-dicom", "segment", "plan", "phantoms", "simulate",
+COMMANDS = ["train", "predict", "evaluate", "data", "export-dicom", "segment", "sct", "plan", "phantoms", "simulate",
             "baseline", "compare", "models", "certs", "server", "node", "run", "listen"]
 
 

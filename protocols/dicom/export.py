@@ -64,16 +64,23 @@ def centred_grid(shape: tuple[int, int, int], spacing_mm: tuple[float, float, fl
     return VolumeGrid(tuple(shape), tuple(float(s) for s in spacing_mm), origin)
 
 
-def write_ct_series(ct_hu: np.ndarray, grid: VolumeGrid, folder: Path, context: StudyContext) -> tuple[
+def write_ct_series(ct_hu: np.ndarray, grid: VolumeGrid, folder: Path, context: StudyContext,
+                    description: str = "CT", derivation: str = "", patient_position: str = "HFS") -> tuple[
         CtReference, list[Path]]:
-    """One CT Image file per slice (axis 2, superior first), HU stored as signed 16-bit with slope 1."""
+    """One CT Image file per slice (axis 2, superior first), HU stored as signed 16-bit with slope 1.
+
+    ``description`` is the SeriesDescription; ``derivation`` (DerivationDescription) says how the images were made
+    when they are not a scan, e.g. a synthetic CT from an MR.
+    """
     series_uid = generate_uid()
     stored = np.clip(np.round(ct_hu), -32768, 32767).astype(np.int16)
     uids, paths = [], []
     for k in range(grid.shape[2]):
-        ds = new_dataset(context, CT_IMAGE_STORAGE, "CT", 1, "CT", series_uid, k + 1)
+        ds = new_dataset(context, CT_IMAGE_STORAGE, "CT", 1, description, series_uid, k + 1)
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-        ds.PatientPosition = "HFS"
+        if derivation:
+            ds.DerivationDescription = derivation
+        ds.PatientPosition = patient_position
         ds.Laterality = ""  # type 2C, unknown for arrays without anatomy metadata (dciodvfy: a warning)
         ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
         ds.AcquisitionNumber = 1

@@ -1,0 +1,80 @@
+"""Benchmark (issue 16): ``fedrt sct`` wall time, DICOM read and write included, for a 128^3 MR.
+
+The MR is a simulated T1 MR (``protocols.simulated_mr``, one hospital's scanner) of a shared validation patient,
+written as a DICOM MR series on the patient's 128^3 grid (3.906 x 3.906 x 2.5 mm). The model is ``--model`` or,
+without one, the benchmark network of ``preset=cpu60`` with fresh weights (inference time does not depend on the
+weights' values). Usage:
+
+    python benchmarks/bench_sct.py --out bench-sct [--model sct.pt] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PATIENT = REPO.parent / "shared" / "data" / "openkbp" / "validation-pats" / "pt_201"
+sys.path.insert(0, str(REPO / "tests"))
+
+from dicom_cases import write_mr_series  # noqa: E402
+
+
+def export_mr(folder: Path) -> Path:
+    """The shared patient's simulated MR (scanner of site 1) as a DICOM MR series on a centred grid."""
+    from protocols.dicom.export import centred_grid
+    from protocols.dicom.header import StudyContext
+    from protocols.openkbp import load_openkbp_case
+    from protocols.protocol import load_protocol
+    from protocols.simulated_mr import Scanner, simulate_mr
+
+    case, _ = load_openkbp_case(PATIENT, load_protocol("hn-openkbp"), require_dose=False)
+    mr = simulate_mr(case.ct_hu, case.spacing_mm, Scanner.for_site(1), case.possible_dose_mask)
+    write_mr_series(folder, mr, centred_grid(case.shape, case.spacing_mm), StudyContext("bench-sct"))
+    return folder
+
+
+def benchmark_model(path: Path) -> Path:
+    """A checkpoint of the cpu60 benchmark network for the sct task, fresh weights."""
+    from configs.compose import compose
+    from models.centralized import task_from_config
+    from models.checkpoint import save_checkpoint
+
+    task = task_from_config(compose(["preset=cpu60", "task=sct"]))
+    return save_checkpoint(path, task, task.build_network())
+
+
+def time_sct(model: Path, mr_folder: Path, out: Path, repeats: int) -> dict:
+    """Wall time of whole ``fedrt sct`` processes (start-up included) and the command's own breakdown."""
+    walls, lines = [], []
+    for i in range(repeats):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "fedrt.cli", "sct", str(mr_folder), "--model", str(model),
+                               "--out", str(out / f"run{i}")], check=True, stdout=subprocess.PIPE, text=True)
+        walls.append(time.perf_counter() - start)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("timing:")]
+    return {"wall_s_median": statistics.median(walls), "wall_s_all": walls, "breakdown": lines[-1] if lines else ""}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", type=Path, help="sct checkpoint (default: the cpu60 network, fresh weights)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    model = args.model or benchmark_model(args.out / "sct-cpu60-fresh.pt")
+    mr = export_mr(args.out / "mr-128")
+    result = {"machine": f"{platform.node()} {platform.machine()}", "date": time.strftime("%Y-%m-%d"),
+              "model": str(model), "mr_128": time_sct(model, mr, args.out / "sct-128", args.repeats)}
+    (args.out / "sct.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
