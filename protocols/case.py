@@ -64,23 +64,28 @@ class Case:
         return found if found is not None else np.zeros(self.shape, dtype=bool)
 
     def mr_body(self) -> np.ndarray:
-        """The patient's outline on the MR, the one body rule of every MR model: smoothed signal above
-        ``MR_BODY_FRACTION`` of the 99th percentile, the largest connected part, closed by ``MR_BODY_CLOSING`` voxels,
-        each axial slice's holes (dark bone, air passages) filled.
-        """
+        """The patient's outline on the case's MR (:func:`mr_outline`, the one body rule of every MR model)."""
         if self.mr is None:
             raise DataError(f"patient {self.patient_id} ({self.source}) has no MR: add mr.csv beside ct.csv, or "
                             "import the MR series with the CT")
-        smooth = ndimage.gaussian_filter(np.asarray(self.mr, np.float32), MR_BODY_SMOOTHING)
-        body = smooth > MR_BODY_FRACTION * float(np.percentile(smooth, 99))
-        labels, count = ndimage.label(body)
-        if count > 1:
-            body = labels == 1 + int(np.argmax(ndimage.sum_labels(body, labels, range(1, count + 1))))
-        # close gaps in a thin bright rim (scalp over dark skull) so that what it encloses is filled; the grid's
-        # edges are extended first, as the patient goes on beyond the scan
-        margin = MR_BODY_CLOSING
-        body = ndimage.binary_closing(np.pad(body, margin, mode="edge"), iterations=margin)[
-            margin:-margin, margin:-margin, margin:-margin]
-        for k in range(body.shape[2]):  # axis 2 runs through the axial slices (``AXES``)
-            body[:, :, k] = ndimage.binary_fill_holes(body[:, :, k])
-        return body
+        return mr_outline(self.mr)
+
+
+def mr_outline(mr: np.ndarray) -> np.ndarray:
+    """The patient's outline on an MR (any units): smoothed signal above ``MR_BODY_FRACTION`` of the 99th percentile,
+    the largest connected part, closed by ``MR_BODY_CLOSING`` voxels, each axial slice's holes (dark bone, air
+    passages) filled. Also for an MR without a CT (MRI-only planning).
+    """
+    smooth = ndimage.gaussian_filter(np.asarray(mr, np.float32), MR_BODY_SMOOTHING)
+    body = smooth > MR_BODY_FRACTION * float(np.percentile(smooth, 99))
+    labels, count = ndimage.label(body)
+    if count > 1:
+        body = labels == 1 + int(np.argmax(ndimage.sum_labels(body, labels, range(1, count + 1))))
+    # close gaps in a thin bright rim (scalp over dark skull) so that what it encloses is filled; the grid's
+    # edges are extended first, as the patient goes on beyond the scan
+    margin = MR_BODY_CLOSING
+    body = ndimage.binary_closing(np.pad(body, margin, mode="edge"), iterations=margin)[
+        margin:-margin, margin:-margin, margin:-margin]
+    for k in range(body.shape[2]):  # axis 2 runs through the axial slices (``AXES``)
+        body[:, :, k] = ndimage.binary_fill_holes(body[:, :, k])
+    return body

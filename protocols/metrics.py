@@ -225,6 +225,29 @@ def sct_ssim(reference_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray) -> 
     return float(ssim_map[mask].mean())
 
 
+def gamma_pass_rate(reference_gy: np.ndarray, evaluated_gy: np.ndarray, spacing_mm: Sequence[float],
+                    dose_percent: float = 2.0, distance_mm: float = 2.0, cutoff_percent: float = 10.0,
+                    max_points: int | None = None, seed: int = 0) -> float:
+    """Share (0..1) of the reference's voxels above ``cutoff_percent`` of its maximum whose gamma index is <= 1, with
+    a global dose criterion (``dose_percent`` of the reference maximum) and ``distance_mm``: PyMedPhys's gamma
+    (Low et al. 1998, with interpolation of the evaluated dose); ``max_points`` scores a random subset of them.
+    """
+    try:
+        import pymedphys
+    except ImportError as exc:
+        raise ConfigError("the gamma index needs PyMedPhys and numba: pip install pymedphys numba") from exc
+    reference, evaluated = np.asarray(reference_gy, np.float64), np.asarray(evaluated_gy, np.float64)
+    if reference.shape != evaluated.shape:
+        raise ValueError(f"dose shapes differ: {reference.shape} and {evaluated.shape}")
+    axes = tuple(np.arange(n) * float(s) for n, s in zip(reference.shape, spacing_mm, strict=True))
+    np.random.seed(seed)  # PyMedPhys draws its random subset from NumPy's global generator
+    gamma = pymedphys.gamma(axes, reference, axes, evaluated, dose_percent_threshold=dose_percent,
+                            distance_mm_threshold=distance_mm, lower_percent_dose_cutoff=cutoff_percent,
+                            random_subset=max_points, max_gamma=2.0)
+    scored = gamma[np.isfinite(gamma)]
+    return float((scored <= 1.0).mean()) if scored.size else float("nan")
+
+
 @dataclass(frozen=True)
 class GoalResult:
     """A clinical goal evaluated on one dose; ``value_gy`` and ``passed`` are None for an absent structure."""

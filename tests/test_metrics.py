@@ -188,3 +188,18 @@ def test_shipped_protocol_goals_are_all_evaluated(protocol):
     assert [r.goal for r in results] == list(protocol.goals)
     assert all(r.passed for r in results if r.goal.structure == "PTV70")
     assert all(r.passed is None for r in results if r.goal.structure != "PTV70")
+
+
+def test_gamma_pass_rate_is_pymedphys_gamma_with_a_global_criterion_and_a_low_dose_cutoff():
+    from protocols.metrics import gamma_pass_rate
+
+    z, y, x = np.meshgrid(np.arange(20), np.arange(24), np.arange(22), indexing="ij")
+    reference = 60.0 * np.exp(-((x - 11.0) ** 2 + (y - 12.0) ** 2 + (z - 10.0) ** 2) / 40.0)
+    spacing = (2.0, 2.0, 2.0)
+    assert gamma_pass_rate(reference, reference, spacing) == 1.0
+    shifted = np.roll(reference, 1, axis=2)  # 2 mm off along one axis: passes 2%/2 mm, fails 1%/1 mm in the slope
+    assert gamma_pass_rate(reference, shifted, spacing) == 1.0
+    assert gamma_pass_rate(reference, shifted, spacing, dose_percent=1.0, distance_mm=1.0) < 0.7
+    hot = reference * 1.03  # 3% of the maximum near the peak: fails 2%, passes 3%
+    assert gamma_pass_rate(reference, hot, spacing, distance_mm=0.1) < 1.0
+    assert gamma_pass_rate(reference, hot, spacing, dose_percent=3.0, distance_mm=0.1) == 1.0

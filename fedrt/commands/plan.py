@@ -1,13 +1,15 @@
 """``fedrt plan INPUT (--dose-model MODEL | --target-dose FILE) --out DIR``: a deliverable IMRT plan mimicking a dose.
 
 INPUT is the patient's own DICOM (a CT series and an RT Structure Set with the targets, optionally the RT Plan
-holding the prescription) or an OpenKBP patient folder. The dose to mimic is predicted by ``--dose-model`` or read
-from ``--target-dose``: an RT Dose (placed by its own geometry; another patient's or frame's is refused) or an
-OpenKBP prediction file (``fedrt predict`` output, or a patient's ``dose.csv(.gz)``). The work is
-:func:`runtime.planning.pipeline.plan_patient`; this command parses the arguments, prints progress per stage and
-closes with the goals met and a timing breakdown. DIR receives ``dicom/`` (for DICOM input RTPLAN and RTDOSE in the
-patient's study and Frame of Reference, an RTSTRUCT only when contours were added; for OpenKBP input a new study
-with its CT), ``plan_dose.csv``, ``plan.json`` and ``report/report.html``, and appears complete or not at all.
+holding the prescription), an MR-only patient's DICOM (an MR series and the structure set contoured on it, planned
+on a synthetic CT from ``--sct-model`` or bulk densities ``--sct``) or an OpenKBP patient folder. The dose to mimic
+is predicted by ``--dose-model`` or read from ``--target-dose``: an RT Dose (placed by its own geometry; another
+patient's or frame's is refused) or an OpenKBP prediction file (``fedrt predict`` output, or a patient's
+``dose.csv(.gz)``). The work is :func:`runtime.planning.pipeline.plan_patient`; this command parses the arguments,
+prints progress per stage and closes with the goals met and a timing breakdown. DIR receives ``dicom/`` (for DICOM
+input RTPLAN and RTDOSE in the patient's study and Frame of Reference, an RTSTRUCT only when contours were added, the
+synthetic CT of an MR-only patient; for OpenKBP input a new study with its CT), ``plan_dose.csv``, ``plan.json`` and
+``report/report.html``, and appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime.planning import BULK_DENSITIES
+
 OUT_FIX = "choose another --out or delete it"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("plan", help="plan a patient: mimic a dose with a deliverable IMRT plan")
     parser.add_argument("input", type=Path, help="a DICOM folder of one patient (CT series + RTSTRUCT with the "
-                        "targets, optionally the RTPLAN) or an OpenKBP patient folder")
+                        "targets, optionally the RTPLAN; or, with --sct-model/--sct, an MR series + RTSTRUCT "
+                        "contoured on it) or an OpenKBP patient folder")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dose-model", help="dose-prediction model (checkpoint or models:/NAME@ALIAS) whose "
                         "prediction is mimicked")
@@ -44,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--names", type=Path, help="structure-name override YAML (canonical: [local names])")
     parser.add_argument("--write-ct", action="store_true", help="also write the CT the plan was computed on "
                         "(DICOM input) as a derived series")
+    synthetic = parser.add_mutually_exclusive_group()
+    synthetic.add_argument("--sct-model", help="MR-only input (MR series + RTSTRUCT contoured on it, no CT): the sct "
+                           "model (checkpoint or models:/NAME@ALIAS) whose synthetic CT the plan is computed on")
+    synthetic.add_argument("--sct", choices=BULK_DENSITIES, help="MR-only input: plan on bulk densities instead, the "
+                           "reference a model has to beat: bulk = the body (the MR's outline) water, air outside; "
+                           "bulk-bone = also the bone ROIs (Mandible, names saying bone, skull, vertebra) bone")
     parser.set_defaults(run=run_plan)
 
 
@@ -57,13 +68,15 @@ def run_plan(args: argparse.Namespace) -> int:
     from runtime.planning.pipeline import PlanRequest, plan_patient
     from runtime.planning.plan import PlanConfig
     from runtime.planning.prescription import parse_prescription
+    from runtime.planning.synthetic_ct import SctSource
 
     density = parse_density_table(args.density_table) if args.density_table else DensityTable()
     config = PlanConfig(n_beams=args.beams, levels=args.levels, max_iterations=args.iterations, density=density)
     request = PlanRequest(args.input, args.out, load_protocol(args.protocol), config, dose_model=args.dose_model,
                           target_dose=args.target_dose, seg_model=args.seg_model, report=not args.no_report,
                           names=args.names, fractions=args.fractions, write_ct=args.write_ct,
-                          prescription=parse_prescription(args.prescription) if args.prescription else None)
+                          prescription=parse_prescription(args.prescription) if args.prescription else None,
+                          sct=SctSource(args.sct_model, args.sct) if args.sct_model or args.sct else None)
     outcome = plan_patient(request, _progress, OUT_FIX)
     print(format_summary(outcome.summary, outcome.out, outcome.files.rtplan.name))
     return 0

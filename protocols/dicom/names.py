@@ -38,6 +38,12 @@ SIDES = {"L": ("L", "Lt", "Lft", "Left"), "R": ("R", "Rt", "Rgt", "Right")}
 # ROI names (normalised) and interpreted type that mark the patient outline, used for the possible-dose mask.
 BODY_NAMES = ("body", "external", "skin", "outline", "patient", "bodycontour", "externalcontour")
 BODY_TYPE = "EXTERNAL"
+# A ROI is bone when its name (or the protocol name it matched, e.g. Mandible) holds one of these words, separated from
+# other letters ("Bone_Mandible", "Bones", "C2 Vertebra", "Skull"; not "A_Vertebral_L", an artery); marrow is not
+# cortical bone ("Bone_Marrow" is not bone). Used by the bulk-density synthetic CT of MRI-only planning.
+BONE_WORDS = re.compile(r"(?<![a-z])(bones?|mandible|mandibula|maxilla|skull|cranium|vertebrae?)(?![a-z])",
+                        re.IGNORECASE)
+NOT_BONE_WORDS = re.compile(r"marrow", re.IGNORECASE)
 
 
 class NameOverrideError(ValueError):
@@ -174,3 +180,8 @@ def match_names(roi_names: list[str], table: NameTable) -> NameMatch:
 def is_body(roi_name: str, interpreted_type: str) -> bool:
     """Whether a ROI is the patient outline (by interpreted type EXTERNAL or a usual name)."""
     return interpreted_type.upper() == BODY_TYPE or normalise(roi_name) in BODY_NAMES
+
+
+def is_bone(roi_name: str) -> bool:
+    """Whether a ROI name (or the canonical name it matched) says bone (``BONE_WORDS``, not ``NOT_BONE_WORDS``)."""
+    return bool(BONE_WORDS.search(roi_name)) and not NOT_BONE_WORDS.search(roi_name)

@@ -83,7 +83,7 @@ class DicomCase:
 def read_patient(files: PatientFiles, protocol: Protocol, table: NameTable,
                  report: CaseReport) -> DicomCase | None:
     """Read one patient into a case on its CT grid; None when an ERROR finding makes it unusable."""
-    _report_unread(files, report)
+    report_unread(files, report)
     sets = [s for path, ds in files.structure_sets if (s := read_structure_set(ds, path, report)) is not None]
     if not files.ct_series:
         _report_no_ct(files, report)
@@ -108,27 +108,16 @@ def read_patient(files: PatientFiles, protocol: Protocol, table: NameTable,
     for path in cut:
         report.add(Severity.ERROR, "truncated-slice", f"CT slice {path.name} is truncated: {files.truncated[path]}",
                    path, CT_FIX_REEXPORT)
-    complete = _check_referenced_images(structure_set, series_uid, slices, report)
+    complete = check_referenced_images(structure_set, series_uid, slices, report)
     ct = None if cut else read_ct_series(slices, report)
     if ct is None or not complete:
         return None
-    drawn = [roi for roi in structure_set.rois if roi.contours]
-    empty = [roi.name for roi in structure_set.rois if not roi.contours]
-    names = match_names([roi.name for roi in drawn], table)
-    _report_names(names, empty, structure_set.path, report)
-    if not any(t in names.matched for t in protocol.targets):
-        report.add(Severity.ERROR, "no-target", f"no ROI matches a target of {protocol.name} "
-                   f"({', '.join(protocol.targets)}); ROI names: {', '.join(r.name for r in drawn)}",
-                   structure_set.path, "name the targets as the protocol does, or map them in a --names override file")
+    contoured = contoured_structures(structure_set, ct.grid, protocol, table, report)
+    if contoured is None:
         return None
-    by_name = {roi.name: roi for roi in drawn}
-    structures = {c: rasterise_roi(by_name[r], ct.grid, report, structure_set.path) for c, r in names.matched.items()}
-    for name, mask in structures.items():
-        if not mask.any():
-            report.add(Severity.WARNING, "empty-mask", f"{name} ({names.matched[name]}) covers no CT voxel",
-                       structure_set.path, "check the contours lie inside the CT volume")
-    body = _body(structure_set, drawn, ct, report)
-    plan = _plan(files, structure_set, report)
+    names, structures = contoured
+    body = _body(structure_set, ct, report)
+    plan = linked_plan(files, structure_set, report)
     dose = _dose(files, ct, plan, report)
     if plan is not None:
         _check_plan(plan, protocol, report)
@@ -147,7 +136,7 @@ def read_patient(files: PatientFiles, protocol: Protocol, table: NameTable,
     return DicomCase(case, ct.grid, names, plan, uids, body, mr)
 
 
-def _report_unread(files: PatientFiles, report: CaseReport) -> None:
+def report_unread(files: PatientFiles, report: CaseReport) -> None:
     """A patient's files the import does not read: objects of other kinds (noted) and truncated RT objects."""
     for path, ds in files.unused:
         report.add(Severity.NOTE, NOT_USED, f"{unused_object(ds)} is not used by the import", path)
@@ -171,7 +160,8 @@ def _report_no_ct(files: PatientFiles, report: CaseReport) -> None:
                   "is only imported paired with one)"
     if mr:
         message += f"; MR: {', '.join(series_name(items, 'MR') for items in mr)}"
-        fix += "; an MRI-only workflow (no CT) is not supported yet, it is planned separately"
+        fix += ("; an MRI-only patient (MR + structure set drawn on it) is planned on a synthetic CT by "
+                "`fedrt plan FOLDER --sct-model MODEL` (or --sct bulk)")
     report.add(Severity.ERROR, "no-ct", message, where[0], fix)
 
 
@@ -212,17 +202,18 @@ def _same_frame(structure_set: StructureSet, ct_frame: str) -> bool:
     return not structure_set.frame_of_reference_uid or not ct_frame or structure_set.frame_of_reference_uid == ct_frame
 
 
-def _check_referenced_images(structure_set: StructureSet, series_uid: str, slices: list[Item],
-                             report: CaseReport) -> bool:
-    """Whether the series holds every image of it the structure set references; an ERROR names what is missing
-    (a partial export would lose contours without a word).
+def check_referenced_images(structure_set: StructureSet, series_uid: str, slices: list[Item],
+                            report: CaseReport, modality: str = "CT") -> bool:
+    """Whether the series (of ``modality``) holds every image of it the structure set references; an ERROR names
+    what is missing (a partial export would lose contours without a word).
     """
     referenced = structure_set.referenced_images.get(series_uid, set())
     absent = referenced - {text(ds, "SOPInstanceUID") for _, ds in slices}
     if absent:
-        report.add(Severity.ERROR, "incomplete-ct", f"the structure set references {len(referenced)} images of CT "
-                   f"series {series_uid}; {len(absent)} of them are not in the folder, which holds {len(slices)}",
-                   slices[0][0].parent, "export the complete series the structure set was drawn on (all its slices)")
+        report.add(Severity.ERROR, f"incomplete-{modality.lower()}", f"the structure set references "
+                   f"{len(referenced)} images of {modality} series {series_uid}; {len(absent)} of them are not in "
+                   f"the folder, which holds {len(slices)}", slices[0][0].parent,
+                   "export the complete series the structure set was drawn on (all its slices)")
     return not absent
 
 
@@ -272,7 +263,7 @@ def _ct_by_frame(structure_set: StructureSet, files: PatientFiles, report: CaseR
     return None
 
 
-def _report_names(names: NameMatch, empty: list[str], path: Path, report: CaseReport) -> None:
+def report_names(names: NameMatch, empty: list[str], path: Path, report: CaseReport) -> None:
     """The name match as findings: what matched how, what was not used, what is missing, what clashed."""
     matched = ", ".join(f"{c} <- {r!r}" + ("" if names.how[c] == "exact" else f" ({names.how[c]})")
                         for c, r in names.matched.items())
@@ -289,9 +280,32 @@ def _report_names(names: NameMatch, empty: list[str], path: Path, report: CaseRe
                    f"map the right one in a --names override file, e.g. '{canonical}: [{candidates[0]}]'")
 
 
-def _body(structure_set: StructureSet, drawn: list, ct: CtSeries, report: CaseReport) -> np.ndarray:
+def contoured_structures(structure_set: StructureSet, grid: VolumeGrid, protocol: Protocol, table: NameTable,
+                         report: CaseReport, modality: str = "CT") -> tuple[NameMatch, dict[str, np.ndarray]] | None:
+    """The protocol's structures the structure set draws: ROI names matched (the match reported) and rasterised on the
+    grid of the image (``modality``) they were drawn on; None after an ERROR when no ROI is a target of the protocol.
+    """
+    drawn = [roi for roi in structure_set.rois if roi.contours]
+    empty = [roi.name for roi in structure_set.rois if not roi.contours]
+    names = match_names([roi.name for roi in drawn], table)
+    report_names(names, empty, structure_set.path, report)
+    if not any(t in names.matched for t in protocol.targets):
+        report.add(Severity.ERROR, "no-target", f"no ROI matches a target of {protocol.name} "
+                   f"({', '.join(protocol.targets)}); ROI names: {', '.join(r.name for r in drawn)}",
+                   structure_set.path, "name the targets as the protocol does, or map them in a --names override file")
+        return None
+    by_name = {roi.name: roi for roi in drawn}
+    structures = {c: rasterise_roi(by_name[r], grid, report, structure_set.path) for c, r in names.matched.items()}
+    for name, mask in structures.items():
+        if not mask.any():
+            report.add(Severity.WARNING, "empty-mask", f"{name} ({names.matched[name]}) covers no {modality} voxel",
+                       structure_set.path, f"check the contours lie inside the {modality} volume")
+    return names, structures
+
+
+def _body(structure_set: StructureSet, ct: CtSeries, report: CaseReport) -> np.ndarray:
     """The patient outline: the EXTERNAL ROI when there is one, else the largest CT region above ``TISSUE_HU``."""
-    outline = [roi for roi in drawn if is_body(roi.name, roi.interpreted_type)]
+    outline = [roi for roi in structure_set.rois if roi.contours and is_body(roi.name, roi.interpreted_type)]
     if outline:
         mask = rasterise_roi(outline[0], ct.grid, report, structure_set.path)
         if mask.any():
@@ -308,7 +322,8 @@ def _body(structure_set: StructureSet, drawn: list, ct: CtSeries, report: CaseRe
     return mask
 
 
-def _plan(files: PatientFiles, structure_set: StructureSet, report: CaseReport) -> PlanSummary | None:
+def linked_plan(files: PatientFiles, structure_set: StructureSet, report: CaseReport) -> PlanSummary | None:
+    """The patient's RT Plan: the one referencing the structure set, else the only one (a NOTE describes it)."""
     plans = [p for path, ds in files.plans if (p := read_rtplan(ds, path, report)) is not None]
     linked = [p for p in plans if structure_set.sop_instance_uid in p.referenced_structure_set_uids]
     chosen = linked[0] if linked else plans[0] if len(plans) == 1 else None

@@ -2,7 +2,9 @@
 
 For a patient's own DICOM (:func:`write_patient_plan`) everything joins the patient's study and Frame of Reference:
 the RT Plan references the patient's structure set (or its new version holding the added auto-contours), the
-RT Dose lies on the planning grid (every n-th CT voxel: aligned with the CT), and no CT is written unless asked.
+RT Dose lies on the planning grid (every n-th CT voxel: aligned with the CT), and no CT is written unless asked. An
+MR-only patient's plan joins the MR's study and frame the same way, and the synthetic CT it was computed on is always
+written (a derived CT series saying what made it), since the reviewer has no other planning image.
 For an OpenKBP folder (:func:`write_plan_files`) the case carries no position of its own: a new study on the grid
 centred on the DICOM origin, with its CT series and structure set. ``plan_dose.csv`` is the plan's final dose on
 the planning grid as an OpenKBP prediction file, so ``fedrt evaluate`` scores plans like predictions.
@@ -22,7 +24,7 @@ from protocols.dicom.geometry import VolumeGrid, resample
 from protocols.dicom.header import StudyContext
 from protocols.openkbp import write_prediction
 from protocols.protocol import Protocol
-from runtime.planning.inputs import PlanningPatient
+from runtime.planning.inputs import PLANNED_POSITION, PlanningPatient
 from runtime.planning.plan import PlanResult
 from runtime.planning.rtplan import write_rtplan
 
@@ -83,7 +85,8 @@ def write_patient_plan(folder: Path, patient: PlanningPatient, plan: PlanResult,
 
     ``added`` are the auto-contours (on the planning grid) drawn by ``generated_by``; with any, a new version of
     the patient's structure set holds them and the plan references it. ``write_ct`` adds the CT the plan was
-    computed on (the planning grid) as a derived series.
+    computed on (the planning grid) as a derived series; a synthetic CT (an MR-only patient) is always written, its
+    series description and derivation saying what made it from which MR.
     """
     source = patient.dicom
     dicom = folder / DICOM_FOLDER
@@ -99,7 +102,10 @@ def write_patient_plan(folder: Path, patient: PlanningPatient, plan: PlanResult,
         structure_set_uid = str(pydicom.dcmread(rtstruct, stop_before_pixels=True).SOPInstanceUID)
     roi_numbers = {c: numbers[r] for c, r in source.roi_names.items() if r in numbers}
     roi_numbers.update({name: numbers[name] for name in added})
-    if write_ct:
+    if patient.synthetic is not None:
+        write_ct_series(patient.case.ct_hu, patient.grid, dicom, context, patient.synthetic.description,
+                        patient.synthetic.derivation, PLANNED_POSITION)
+    elif write_ct:
         write_ct_series(patient.case.ct_hu, patient.grid, dicom, context)
     rtplan, rtdose = _plan_and_dose(dicom, plan, patient.protocol, context, structure_set_uid, roi_numbers,
                                     plan.dose_gy, patient.grid)  # the planning grid is on the CT's lattice

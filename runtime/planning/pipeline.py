@@ -28,6 +28,7 @@ from runtime.planning.inputs import PlanningPatient, load_planning_patient
 from runtime.planning.outputs import PlanFiles, write_patient_plan, write_plan_files
 from runtime.planning.plan import PlanConfig, PlanResult, Progress, StageClock, make_plan
 from runtime.planning.report import write_report
+from runtime.planning.synthetic_ct import SctSource
 
 SUMMARY_JSON = "plan.json"
 REPORT_FOLDER = "report"
@@ -51,6 +52,8 @@ class PlanRequest:
         prescription: target doses in Gy (``--prescription``), used when the input holds no RT Plan.
         fractions: the number of fractions (``--fractions``).
         write_ct: also write the CT the plan was computed on (DICOM input; OpenKBP input always gets one).
+        sct: for an MR-only DICOM folder, where its synthetic CT comes from (an sct model or bulk densities); the
+            synthetic CT the plan was computed on is always written.
     """
 
     patient_dir: Path
@@ -65,6 +68,12 @@ class PlanRequest:
     prescription: dict[str, float] | None = None
     fractions: int | None = None
     write_ct: bool = False
+    sct: SctSource | None = None
+
+    def __post_init__(self) -> None:
+        if self.sct is not None and self.seg_model:
+            raise ConfigError(f"--seg-model contours OARs on a CT, not on a synthetic CT ({self.sct.option}); "
+                              "contour the OARs of an MR-only patient on the MR, in its structure set")
 
 
 @dataclass
@@ -114,14 +123,15 @@ def read_target_rtdose(path: Path, patient: PlanningPatient) -> np.ndarray:
         raise DicomError(f"--target-dose {path}: a {kind} file, not an RT Dose; give the RTDOSE file of the dose to "
                          "mimic (or an OpenKBP dose CSV)")
     own = patient.dicom.context.patient_id if patient.dicom else ""
+    image = patient.dicom.modality if patient.dicom else "CT"
     if own and text(ds, "PatientID") != own:
-        raise DicomError(f"--target-dose {path}: RT Dose of patient {text(ds, 'PatientID') or '(no ID)'}, but the CT "
-                         f"is of patient {own}; give this patient's dose")
+        raise DicomError(f"--target-dose {path}: RT Dose of patient {text(ds, 'PatientID') or '(no ID)'}, but the "
+                         f"{image} is of patient {own}; give this patient's dose")
     frame = text(ds, "FrameOfReferenceUID")
     if patient.frame_of_reference_uid and frame and frame != patient.frame_of_reference_uid:
-        raise DicomError(f"--target-dose {path}: its Frame of Reference {frame} is not the CT's "
-                         f"{patient.frame_of_reference_uid}, so it cannot be placed on this CT; give a dose computed "
-                         "on this planning CT (or register it first)")
+        raise DicomError(f"--target-dose {path}: its Frame of Reference {frame} is not the {image}'s "
+                         f"{patient.frame_of_reference_uid}, so it cannot be placed on this {image}; give a dose "
+                         f"computed on this planning {image} (or register it first)")
     report = CaseReport(patient.case.patient_id, path)
     dose = read_rtdose(ds, path, report)
     if dose is None:
@@ -180,7 +190,7 @@ def plan_patient(request: PlanRequest, progress: Progress | None = None, fix: st
     clock = StageClock(progress)
     with clock.stage("load"):
         patient = load_planning_patient(request.patient_dir, request.protocol, request.names, request.prescription,
-                                        request.fractions)
+                                        request.fractions, request.sct)
         if progress:
             progress("load", f"prescription {patient.prescription.describe()}")
             for warning in patient.warnings:
@@ -213,6 +223,8 @@ def plan_patient(request: PlanRequest, progress: Progress | None = None, fix: st
                                    "fractions": patient.prescription.fractions,
                                    "source": patient.prescription.source}
         summary["warnings"] = patient.warnings
+        summary["synthetic_ct"] = {"source": patient.synthetic.label, "mr": patient.synthetic.mr_series} \
+            if patient.synthetic else None
         summary["auto_contours"] = {"structures": added, "model": seg_label} if added else None
         (staging / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
     return PlanOutcome(request.out, files.moved(staging, request.out), summary)

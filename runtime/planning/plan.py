@@ -177,3 +177,13 @@ def final_dose(engine: DoseEngine, sequences: list[BeamSequence], case: Case, ma
     dose = np.zeros(int(np.prod(case.shape)), dtype=np.float32)
     dose[flat] = engine.dose_from_images(segment_images(engine, sequences), points)
     return dose.reshape(case.shape)
+
+
+def recompute_dose(plan: PlanResult, case: Case, ct_hu: np.ndarray, config: PlanConfig = PlanConfig()) -> np.ndarray:
+    """The plan's dose (Gy) with the same beams, segments and MU on another CT of the same patient (e.g. a
+    synthetic CT, or a bulk-density one): what the plan delivers if those are the patient's densities.
+    """
+    if ct_hu.shape != case.shape:
+        raise ValueError(f"CT shape {ct_hu.shape} does not match the case grid {case.shape}")
+    engine = DoseEngine.build(config.density(ct_hu), plan.frame, plan.beams, plan.grids, case.dose_region())
+    return final_dose(engine, plan.sequences, case, case.dose_region())
