@@ -22,9 +22,9 @@ from protocols.dicom.attributes import text
 from protocols.dicom.export import CtReference, centred_grid, write_ct_series
 from protocols.dicom.geometry import VolumeGrid, resample
 from protocols.dicom.header import StudyContext
-from protocols.dicom.importer import NO_PATIENT_ID, scan_folder
+from protocols.dicom.importer import single_series
 from protocols.dicom.mr import read_mr_series
-from protocols.errors import DataNotFoundError, DicomError
+from protocols.errors import DataNotFoundError
 from protocols.files import refuse_non_empty, staged_folder
 from protocols.openkbp import is_patient_dir, load_openkbp_case
 from protocols.protocol import Protocol
@@ -70,17 +70,7 @@ def read_patient_mr(source: Path, protocol: Protocol, policy: Policy | str = Pol
     if not source.is_dir():
         raise DataNotFoundError(f"{source} is neither a DICOM folder nor an OpenKBP patient folder; give the folder "
                                 "of one patient's MR series")
-    patients, skipped = scan_folder(source)
-    series = [(pid, uid, items) for pid, files in patients.items() for uid, items in files.mr_series.items()]
-    anonymous = [f.path for f in skipped.findings if f.code == NO_PATIENT_ID]
-    if not series and anonymous:
-        raise DicomError(f"{source}: no MR series of a patient: {len(anonymous)} DICOM files have no PatientID or "
-                         f"PatientName (e.g. {anonymous[0]}); re-export the MR with the patient's pseudonymised ID")
-    if len(series) != 1:
-        found = ", ".join(f"{pid}/{uid}" for pid, uid, _ in series) or "none"
-        raise DicomError(f"{source}: expected exactly one MR series, found {len(series)} ({found}); give a folder "
-                         "holding the one MR series to make the synthetic CT from")
-    patient_id, uid, items = series[0]
+    patient_id, uid, items = single_series(source, "MR", "the one MR series to make the synthetic CT from")
     report = CaseReport(patient_id, source)
     mr = read_mr_series(items, report)
     apply_policy(report, policy)

@@ -21,8 +21,8 @@ from protocols.dicom.ct import read_ct_series
 from protocols.dicom.export import CtReference, centred_grid, write_rtstruct, write_study
 from protocols.dicom.geometry import VolumeGrid, resample
 from protocols.dicom.header import StudyContext
-from protocols.dicom.importer import NO_PATIENT_ID, folder_name, scan_folder
-from protocols.errors import DataNotFoundError, DicomError
+from protocols.dicom.importer import folder_name, single_series
+from protocols.errors import DataNotFoundError
 from protocols.files import refuse_non_empty, staged_folder
 from protocols.openkbp import is_patient_dir, load_openkbp_case
 from protocols.protocol import Protocol
@@ -67,17 +67,7 @@ def read_planning_ct(source: Path, protocol: Protocol, policy: Policy | str = Po
     if not source.is_dir():
         raise DataNotFoundError(f"{source} is neither a DICOM folder nor an OpenKBP patient folder; give the folder "
                                 "of one patient's planning CT")
-    patients, skipped = scan_folder(source)
-    series = [(pid, uid, items) for pid, files in patients.items() for uid, items in files.ct_series.items()]
-    anonymous = [f.path for f in skipped.findings if f.code == NO_PATIENT_ID]
-    if not series and anonymous:
-        raise DicomError(f"{source}: no CT series of a patient: {len(anonymous)} DICOM files have no PatientID or "
-                         f"PatientName (e.g. {anonymous[0]}); re-export the CT with the patient's pseudonymised ID")
-    if len(series) != 1:
-        found = ", ".join(f"{pid}/{uid}" for pid, uid, _ in series) or "none"
-        raise DicomError(f"{source}: expected exactly one CT series, found {len(series)} ({found}); "
-                         "give a folder holding one patient's planning CT")
-    patient_id, _, items = series[0]
+    patient_id, _, items = single_series(source, "CT", "one patient's planning CT")
     report = CaseReport(patient_id, source)
     ct = read_ct_series(items, report)
     apply_policy(report, policy)

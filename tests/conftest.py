@@ -27,3 +27,27 @@ def protocol():
     from protocols.protocol import load_protocol
 
     return load_protocol("hn-openkbp")
+
+
+@pytest.fixture(scope="session")
+def sct_checkpoint(tmp_path_factory) -> Path:
+    """A briefly trained sct checkpoint of the smoke network on one phantom with a simulated MR (for tests of what is
+    written with it, not of its quality).
+    """
+    import dataclasses
+
+    from configs.compose import compose
+    from models import loop
+    from models.centralized import task_from_config, train_config
+    from models.checkpoint import save_checkpoint
+    from protocols.phantom import generate_phantom
+    from protocols.simulated_mr import Scanner, simulate_mr
+
+    config = compose(["preset=smoke", "task=sct"])
+    task = task_from_config(config)
+    case = generate_phantom(task.protocol, 0, 1)
+    case.mr = simulate_mr(case.ct_hu, case.spacing_mm, Scanner.for_site(4), case.possible_dose_mask)
+    network = task.build_network()
+    loop.train(network, task, [task.prepare(case)], dataclasses.replace(train_config(config), epochs=1,
+                                                                      steps_per_epoch=2), progress=False)
+    return save_checkpoint(tmp_path_factory.mktemp("sct") / "sct.pt", task, network)

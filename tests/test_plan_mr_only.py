@@ -6,7 +6,6 @@ densities are flagged as synthetic; wrong input is refused with the reason.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -18,10 +17,7 @@ from dicom_cases import dciodvfy_errors, edit, move_to_other_frame, write_mr_ser
 from external import DICOM3TOOLS, require_tool
 from pydicom.uid import generate_uid
 
-from configs.compose import compose
 from fedrt.cli import main
-from models import loop
-from models.centralized import task_from_config, train_config
 from models.checkpoint import save_checkpoint
 from protocols.dicom.export import CtReference, centred_grid, write_ct_series, write_rtdose, write_rtstruct
 from protocols.dicom.geometry import VolumeGrid
@@ -88,17 +84,6 @@ def mr_only(phantom, tmp_path_factory):
     rtdose = write_rtdose(phantom.dose_gy, grid, base / "RD.dcm", context, generate_uid())
     return {"folder": folder, "grid": grid, "rtdose": rtdose, "masks": masks, "rtstruct": structures,
             "mr": pydicom.dcmread(paths[0], stop_before_pixels=True)}
-
-
-@pytest.fixture(scope="module")
-def sct_model(phantom, tmp_path_factory):
-    """A briefly trained sct checkpoint of the smoke network (what is planned on matters here, not its quality)."""
-    config = compose(["preset=smoke", "task=sct"])
-    task = task_from_config(config)
-    network = task.build_network()
-    loop.train(network, task, [task.prepare(phantom)], dataclasses.replace(train_config(config), epochs=1,
-                                                                          steps_per_epoch=2), progress=False)
-    return save_checkpoint(tmp_path_factory.mktemp("sct") / "sct.pt", task, network)
 
 
 def _plan(mr_only: dict, out: Path, *options: str) -> int:
@@ -172,9 +157,9 @@ def test_bulk_bone_makes_the_mandible_and_the_bone_rois_bone_and_nothing_else(mr
     assert bone.warnings[0].startswith("the densities are synthetic") and bone.synthetic.label in bone.warnings[0]
 
 
-def test_an_sct_models_plan_is_computed_on_its_synthetic_ct(mr_only, sct_model, protocol, tmp_path):
+def test_an_sct_checkpoints_plan_is_computed_on_its_synthetic_ct(mr_only, sct_checkpoint, protocol, tmp_path):
     out = tmp_path / "plan"
-    assert _plan(mr_only, out, "--sct-model", str(sct_model)) == 0
+    assert _plan(mr_only, out, "--sct-model", str(sct_checkpoint)) == 0
     slices = _sct_slices(out)
     sct = pydicom.dcmread(slices[0])
     assert sct.SeriesDescription.startswith(f"{SCT_DESCRIPTION} (checkpoint sha256:")
@@ -185,7 +170,7 @@ def test_an_sct_models_plan_is_computed_on_its_synthetic_ct(mr_only, sct_model, 
 
     items = [(p, pydicom.dcmread(p)) for p in sorted(mr_only["folder"].glob("MR.*.dcm"))]
     series = read_mr_series(items, CaseReport("x", mr_only["folder"]))
-    expected = predict_sct(load_checkpoint(sct_model), PatientMr("x", series.values, series.grid,
+    expected = predict_sct(load_checkpoint(sct_checkpoint), PatientMr("x", series.values, series.grid,
                                                                  StudyContext("x"), "MR"))
     np.testing.assert_allclose(written, np.round(expected), atol=1.0)  # the model's CT, not a bulk one
     assert len(np.unique(written)) > 10

@@ -16,9 +16,7 @@ from external import DICOM3TOOLS, require_tool
 
 from configs.compose import compose
 from fedrt.cli import main
-from models import loop
-from models.centralized import task_from_config, train_config
-from models.checkpoint import save_checkpoint
+from models.centralized import task_from_config
 from protocols.dicom.export import centred_grid
 from protocols.dicom.geometry import VolumeGrid
 from protocols.dicom.header import StudyContext
@@ -40,17 +38,6 @@ def patient():
 
 
 @pytest.fixture(scope="module")
-def sct_model(patient, tmp_path_factory):
-    """A briefly trained sct checkpoint of the smoke network (what is written matters here, not its quality)."""
-    config = compose(["preset=smoke", "task=sct"])
-    task = task_from_config(config)
-    network = task.build_network()
-    loop.train(network, task, [task.prepare(patient)], dataclasses.replace(train_config(config), epochs=1,
-                                                                          steps_per_epoch=2), progress=False)
-    return save_checkpoint(tmp_path_factory.mktemp("sct") / "sct.pt", task, network)
-
-
-@pytest.fixture(scope="module")
 def mr_folder(patient, tmp_path_factory):
     """The MR as a DICOM series off the scanner's centre, in the patient's own study and frame."""
     centred = centred_grid(patient.shape, patient.spacing_mm)
@@ -63,10 +50,10 @@ def mr_folder(patient, tmp_path_factory):
     return folder, grid
 
 
-def test_fedrt_sct_writes_a_ct_series_in_the_mrs_frame_and_study(mr_folder, sct_model, tmp_path, capsys):
+def test_fedrt_sct_writes_a_ct_series_in_the_mrs_frame_and_study(mr_folder, sct_checkpoint, tmp_path, capsys):
     folder, grid = mr_folder
     out = tmp_path / "sct"
-    assert main(["sct", str(folder), "--model", str(sct_model), "--out", str(out)]) == 0
+    assert main(["sct", str(folder), "--model", str(sct_checkpoint), "--out", str(out)]) == 0
     assert "synthetic CT: 128 slices" in capsys.readouterr().out
     files = sorted(out.glob("CT.*.dcm"))
     mr_first = pydicom.dcmread(sorted(folder.glob("MR.*.dcm"))[0])
@@ -88,20 +75,20 @@ def test_fedrt_sct_writes_a_ct_series_in_the_mrs_frame_and_study(mr_folder, sct_
     assert dciodvfy_errors(files[0]) == []
 
 
-def test_fedrt_sct_reads_an_openkbp_patient_with_an_mr(patient, sct_model, tmp_path):
+def test_fedrt_sct_reads_an_openkbp_patient_with_an_mr(patient, sct_checkpoint, tmp_path):
     folder = write_openkbp_case(patient, tmp_path / "pt_1")
-    assert main(["sct", str(folder), "--model", str(sct_model), "--out", str(tmp_path / "out")]) == 0
+    assert main(["sct", str(folder), "--model", str(sct_checkpoint), "--out", str(tmp_path / "out")]) == 0
     assert len(list((tmp_path / "out").glob("CT.*.dcm"))) == patient.shape[2]
 
 
-def test_fedrt_sct_refuses_what_it_cannot_use(mr_folder, sct_model, patient, tmp_path, capsys):
+def test_fedrt_sct_refuses_what_it_cannot_use(mr_folder, sct_checkpoint, patient, tmp_path, capsys):
     folder, _ = mr_folder
     two = tmp_path / "two"
     shutil.copytree(folder, two / "a")
     write_mr_series(two / "b", patient.mr, centred_grid(patient.shape, patient.spacing_mm), StudyContext("MRONLY-7"))
-    assert main(["sct", str(two), "--model", str(sct_model), "--out", str(tmp_path / "o1")]) == 2
+    assert main(["sct", str(two), "--model", str(sct_checkpoint), "--out", str(tmp_path / "o1")]) == 2
     assert "expected exactly one MR series, found 2" in capsys.readouterr().err
     no_mr = write_openkbp_case(dataclasses.replace(patient, mr=None), tmp_path / "pt_2")
-    assert main(["sct", str(no_mr), "--model", str(sct_model), "--out", str(tmp_path / "o2")]) == 2
+    assert main(["sct", str(no_mr), "--model", str(sct_checkpoint), "--out", str(tmp_path / "o2")]) == 2
     assert "has no mr.csv" in capsys.readouterr().err
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

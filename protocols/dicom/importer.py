@@ -40,6 +40,7 @@ from protocols.dicom.registration import REGISTRATION_STORAGE
 from protocols.dicom.rtdose import RT_DOSE_STORAGE
 from protocols.dicom.rtplan import RT_PLAN_STORAGE
 from protocols.dicom.rtstruct import RT_STRUCTURE_SET_STORAGE
+from protocols.dicom.series import Item
 from protocols.dicom.study import FIX_DAMAGED, NOT_USED, DicomCase, PatientFiles, read_patient, unused_object
 from protocols.errors import ConfigError, DataError, DataNotFoundError, DicomError
 from protocols.openkbp import write_openkbp_case
@@ -142,6 +143,25 @@ def scan_folder(src: Path) -> tuple[dict[str, PatientFiles], CaseReport]:
         except MALFORMED as exc:
             skipped.add(Severity.WARNING, "unreadable", f"DICOM file cannot be parsed ({exc})", path, FIX_DAMAGED)
     return patients, skipped
+
+
+def single_series(src: Path, modality: str, purpose: str) -> tuple[str, str, list[Item]]:
+    """The one ``modality`` ("CT" or "MR") image series in the folder ``src``: its patient, series UID and slices;
+    a clear error when there is none or more than one (``purpose`` says what the folder is for, in the fix).
+    """
+    patients, skipped = scan_folder(src)
+    series = [(pid, uid, items) for pid, files in patients.items()
+              for uid, items in (files.ct_series if modality == "CT" else files.mr_series).items()]
+    anonymous = [f.path for f in skipped.findings if f.code == NO_PATIENT_ID]
+    if not series and anonymous:
+        raise DicomError(f"{src}: no {modality} series of a patient: {len(anonymous)} DICOM files have no PatientID "
+                         f"or PatientName (e.g. {anonymous[0]}); re-export the {modality} with the patient's "
+                         "pseudonymised ID")
+    if len(series) != 1:
+        found = ", ".join(f"{pid}/{uid}" for pid, uid, _ in series) or "none"
+        raise DicomError(f"{src}: expected exactly one {modality} series, found {len(series)} ({found}); give a "
+                         f"folder holding {purpose}")
+    return series[0]
 
 
 def folder_name(patient_id: str, taken: set[str]) -> str:
