@@ -60,7 +60,7 @@ def write_simulated_mr_dataset(
     src: Path | str,
     dst: Path | str,
     protocol: Protocol,
-    scanner: Scanner,
+    scanner: Scanner | Callable[[str], Scanner],
     on_patient: Callable[[SimulatedPatient], None] | None = None,
 ) -> list[SimulatedPatient]:
     """Reproduce the dataset ``src`` under ``dst`` with a simulated MR of every patient's CT, all or nothing.
@@ -69,13 +69,14 @@ def write_simulated_mr_dataset(
         src: an OpenKBP-layout dataset (patient folders, directly or one level down) or one patient folder.
         dst: a new or empty folder.
         protocol: the protocol whose grid the patients are on.
-        scanner: the site's scanner, the same for every patient.
+        scanner: the site's scanner, the same for every patient; or the scanner of each patient (by folder name),
+            e.g. hospitals whose patients are pooled in one dataset, each scanned at its own site.
         on_patient: called after each patient is written (e.g. to print a line).
     """
     src, dst = Path(src), Path(dst)
     refuse_non_empty(dst, DST_FIX)
     patients = _source_patients(src)
-    written = []
+    written, scanners = [], {}
     with staged_folder(dst, fix=DST_FIX) as staging:
         for patient_dir in patients:
             case, report = read_openkbp_case(patient_dir, protocol, require_dose=False)
@@ -88,7 +89,9 @@ def write_simulated_mr_dataset(
                 if path.is_file() and not path.name.startswith(f"{MR}.csv"):
                     _link_or_copy(path, folder / path.name)
             outline = case.possible_dose_mask
-            mr = simulate_mr(case.ct_hu, case.spacing_mm, scanner, outline if outline is not None and outline.any()
+            used = scanner(patient_dir.name) if callable(scanner) else scanner
+            scanners[str(relative)] = used.to_dict()
+            mr = simulate_mr(case.ct_hu, case.spacing_mm, used, outline if outline is not None and outline.any()
                              else None)
             compress = source_file(patient_dir, "ct").suffix == ".gz"
             patient = SimulatedPatient(case.patient_id, dst / relative / write_mr(folder, mr, compress).name)
@@ -96,7 +99,8 @@ def write_simulated_mr_dataset(
             if on_patient is not None:
                 on_patient(patient)
         record = {"label": SIMULATED_MR_LABEL, "simulator_version": SIMULATOR_VERSION, "source": str(src),
-                  "protocol": protocol.name, "scanner": scanner.to_dict(),
+                  "protocol": protocol.name,
+                  **({"scanners": scanners} if callable(scanner) else {"scanner": scanner.to_dict()}),
                   "patients": [str(p.mr_file.relative_to(dst)) for p in written]}
         (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return written

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from models import loop
 from models.centralized import data_config, task_from_config, train_config
@@ -41,6 +42,7 @@ class BaselineOutcome:
     run_id: str
     result: loop.TrainResult
     validation: dict[str, float]
+    network: nn.Module  # the trained model, to score it on other patients too
 
 
 def budget(config: DictConfig, pooled: bool) -> TrainConfig:
@@ -71,7 +73,7 @@ def _train_one(config: DictConfig, task: Task, kind: str, site: str, prepared: l
         raise
     tracker.finish()
     log.info("%s %s: %d cases, %d steps in %.0f s", kind, site, result.num_examples, result.steps, result.seconds)
-    return BaselineOutcome(kind, site, tracker.run_id, result, validation)
+    return BaselineOutcome(kind, site, tracker.run_id, result, validation, network)
 
 
 def run_baselines(config: DictConfig, kinds: tuple[str, ...] = KINDS, progress: bool = True) -> list[BaselineOutcome]:

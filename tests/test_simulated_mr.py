@@ -306,3 +306,16 @@ def test_simulate_mr_copies_where_links_are_refused_and_refuses_a_non_empty_dest
         write_simulated_mr_dataset(phantoms, dst, small, Scanner.for_site(0))
     with pytest.raises(DataNotFoundError, match="does not exist"):
         write_simulated_mr_dataset(tmp_path / "nowhere", tmp_path / "dst2", small, Scanner.for_site(0))
+
+
+def test_each_patient_can_be_scanned_by_its_own_hospitals_scanner(phantoms, small, tmp_path):
+    """Hospitals pooled in one dataset: each patient's MR comes from its own site's scanner, recorded per patient."""
+    sites = {"pt_1": 1, "pt_2": 2}
+    dst = tmp_path / "pooled"
+    write_simulated_mr_dataset(phantoms, dst, small, lambda patient: Scanner.for_site(sites[patient]))
+    record = json.loads((dst / RECORD).read_text())
+    assert {patient: scanner["seed"] for patient, scanner in record["scanners"].items()} == sites
+    for patient, seed in sites.items():
+        case, _ = read_openkbp_case(dst / patient, small)
+        expected = simulate_mr(case.ct_hu, case.spacing_mm, Scanner.for_site(seed), case.possible_dose_mask)
+        np.testing.assert_allclose(case.mr, expected, rtol=1e-3)
