@@ -111,8 +111,8 @@ def synthesize_ct(source: Path | str, model: Checkpoint, out_dir: Path | str, la
     timings["predict"] = time.perf_counter() - start
     start = time.perf_counter()
     with staged_folder(out_dir, fix=fix) as staging:
-        reference, paths = write_ct_series(sct, mr.grid, staging, mr.context, f"{SCT_DESCRIPTION} ({label})"[:64],
-                                           f"synthetic CT from MR {mr.series} by fedrt sct model {label}"[:1024],
+        reference, paths = write_ct_series(sct, mr.grid, staging, mr.context, f"{SCT_DESCRIPTION} ({label})",
+                                           f"synthetic CT from MR {mr.series} by fedrt sct model {label}",
                                            mr.patient_position)
     timings["write"] = time.perf_counter() - start
     return SyntheticCtResult(sct, mr.grid, reference, [out_dir / p.name for p in paths], timings)

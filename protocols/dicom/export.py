@@ -33,6 +33,7 @@ from protocols.protocol import Protocol
 PALETTE = ((255, 0, 0), (0, 160, 255), (0, 200, 0), (255, 160, 0), (200, 0, 255), (0, 220, 200),
            (255, 90, 160), (150, 110, 40), (120, 120, 255), (200, 200, 0))
 LO_MAX_CHARS = 64  # a DICOM long string holds at most 64 characters
+ST_MAX_CHARS = 1024  # a DICOM short text holds at most 1024 characters
 DOSE_MAX_STORED = 2**16 - 1  # 16-bit dose: steps of max/65535 (about 1 mGy), read by every system
 
 
@@ -70,16 +71,16 @@ def write_ct_series(ct_hu: np.ndarray, grid: VolumeGrid, folder: Path, context: 
     """One CT Image file per slice (axis 2, superior first), HU stored as signed 16-bit with slope 1.
 
     ``description`` is the SeriesDescription; ``derivation`` (DerivationDescription) says how the images were made
-    when they are not a scan, e.g. a synthetic CT from an MR.
+    when they are not a scan, e.g. a synthetic CT from an MR; both are cut to what their VR holds.
     """
     series_uid = generate_uid()
     stored = np.clip(np.round(ct_hu), -32768, 32767).astype(np.int16)
     uids, paths = [], []
     for k in range(grid.shape[2]):
-        ds = new_dataset(context, CT_IMAGE_STORAGE, "CT", 1, description, series_uid, k + 1)
+        ds = new_dataset(context, CT_IMAGE_STORAGE, "CT", 1, description[:LO_MAX_CHARS], series_uid, k + 1)
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
         if derivation:
-            ds.DerivationDescription = derivation
+            ds.DerivationDescription = derivation[:ST_MAX_CHARS]
         ds.PatientPosition = patient_position
         ds.Laterality = ""  # type 2C, unknown for arrays without anatomy metadata (dciodvfy: a warning)
         ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime

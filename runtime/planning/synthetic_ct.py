@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocols.dicom.export import LO_MAX_CHARS
 from protocols.dicom.mr_only import MrOnlyCase
 from protocols.errors import ConfigError
 from runtime.planning import BULK_DENSITIES
@@ -28,7 +27,6 @@ WATER_HU = 0.0  # by the definition of HU
 # default density table reads 1.5 (about 900 HU, between marrow and cortical bone).
 BULK_BONE_DENSITY = 1.5
 BULK_BONE_HU = float(np.round(np.interp(BULK_BONE_DENSITY, DEFAULT_RED, DEFAULT_HU)))
-DERIVATION_MAX_CHARS = 1024  # DerivationDescription is an ST
 
 
 @dataclass(frozen=True)
@@ -65,8 +63,7 @@ class SyntheticCt:
     @property
     def derivation(self) -> str:
         """The written CT series' DerivationDescription: what made it from which MR."""
-        return (f"synthetic CT from MR {self.mr_series} by fedrt ({self.label}), on the planning grid"
-                )[:DERIVATION_MAX_CHARS]
+        return f"synthetic CT from MR {self.mr_series} by fedrt ({self.label}), on the planning grid"
 
     @property
     def warnings(self) -> list[str]:
@@ -100,7 +97,7 @@ def synthesise(source: SctSource, patient: MrOnlyCase) -> tuple[np.ndarray, Synt
                          "Vertebra), so the synthetic CT is water only; contour the bones on the MR",)
     else:
         hu, label = _predicted(source.model, patient, mr_series)
-    return hu, SyntheticCt(label, mr_series, f"{SCT_DESCRIPTION} ({label})"[:LO_MAX_CHARS], notes)
+    return hu, SyntheticCt(label, mr_series, f"{SCT_DESCRIPTION} ({label})", notes)
 
 
 def _predicted(model_ref: str, patient: MrOnlyCase, mr_series: str) -> tuple[np.ndarray, str]:
