@@ -8,7 +8,6 @@ derivation description naming the MR series it was made from.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from protocols.openkbp import is_patient_dir, load_openkbp_case
 from protocols.protocol import Protocol
 from protocols.validation import CaseReport, DataValidationError, Policy, apply_policy
 from runtime.segmentation import AIR_HU, model_grid
+from runtime.stages import StageClock
 
 SCT_DESCRIPTION = "fedrt synthetic CT"  # the start of every synthetic CT series' description
 
@@ -102,17 +102,13 @@ def synthesize_ct(source: Path | str, model: Checkpoint, out_dir: Path | str, la
     out_dir = Path(out_dir)
     fix = "choose another --out or delete it"
     refuse_non_empty(out_dir, fix)
-    timings = {}
-    start = time.perf_counter()
-    mr = read_patient_mr(Path(source), model.task.protocol)
-    timings["read"] = time.perf_counter() - start
-    start = time.perf_counter()
-    sct = predict_sct(model, mr)
-    timings["predict"] = time.perf_counter() - start
-    start = time.perf_counter()
-    with staged_folder(out_dir, fix=fix) as staging:
+    clock = StageClock()
+    with clock.stage("read"):
+        mr = read_patient_mr(Path(source), model.task.protocol)
+    with clock.stage("predict"):
+        sct = predict_sct(model, mr)
+    with clock.stage("write"), staged_folder(out_dir, fix=fix) as staging:
         reference, paths = write_ct_series(sct, mr.grid, staging, mr.context, f"{SCT_DESCRIPTION} ({label})",
                                            f"synthetic CT from MR {mr.series} by fedrt sct model {label}",
                                            mr.patient_position)
-    timings["write"] = time.perf_counter() - start
-    return SyntheticCtResult(sct, mr.grid, reference, [out_dir / p.name for p in paths], timings)
+    return SyntheticCtResult(sct, mr.grid, reference, [out_dir / p.name for p in paths], clock.timings)

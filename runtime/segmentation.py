@@ -7,7 +7,6 @@ there is something to reference), and a PNG overview of the contours.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from protocols.files import refuse_non_empty, staged_folder
 from protocols.openkbp import is_patient_dir, load_openkbp_case
 from protocols.protocol import Protocol
 from protocols.validation import CaseReport, DataValidationError, Policy, apply_policy
+from runtime.stages import StageClock
 
 AIR_HU = -1000.0
 
@@ -104,15 +104,12 @@ def segment(source: Path | str, model: Checkpoint, out_dir: Path | str, label: s
     out_dir = Path(out_dir)
     fix = "choose another --out or delete it"
     refuse_non_empty(out_dir, fix)
-    timings = {}
-    start = time.perf_counter()
-    ct = read_planning_ct(Path(source), model.task.protocol)
-    timings["read"] = time.perf_counter() - start
-    start = time.perf_counter()
-    masks = predict_masks(model, ct)
-    timings["predict"] = time.perf_counter() - start
-    start = time.perf_counter()
-    with staged_folder(out_dir, fix=fix) as staging:
+    clock = StageClock()
+    with clock.stage("read"):
+        ct = read_planning_ct(Path(source), model.task.protocol)
+    with clock.stage("predict"):
+        masks = predict_masks(model, ct)
+    with clock.stage("write"), staged_folder(out_dir, fix=fix) as staging:
         found = {name: mask for name, mask in masks.items() if mask.any()}
         generation = dict.fromkeys(found, f"fedrt seg model {label}")
         if ct.reference is None:
@@ -122,8 +119,7 @@ def segment(source: Path | str, model: Checkpoint, out_dir: Path | str, label: s
             rtstruct = write_rtstruct(found, ct.grid, ct.reference, staging / f"RS_{folder_name(ct.patient_id, set())}"
                                       ".dcm", ct.context, generation=generation)
         overview = write_overview(ct, masks, staging / "overview.png")
-    timings["write"] = time.perf_counter() - start
-    return SegmentationResult(masks, out_dir / rtstruct.name, out_dir / overview.name, timings)
+    return SegmentationResult(masks, out_dir / rtstruct.name, out_dir / overview.name, clock.timings)
 
 
 def write_overview(ct: PlanningCt, masks: dict[str, np.ndarray], path: Path, n_slices: int = 4) -> Path:

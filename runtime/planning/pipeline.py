@@ -26,9 +26,10 @@ from protocols.protocol import Protocol
 from protocols.validation import CaseReport
 from runtime.planning.inputs import PlanningPatient, load_planning_patient
 from runtime.planning.outputs import PlanFiles, write_patient_plan, write_plan_files
-from runtime.planning.plan import PlanConfig, PlanResult, Progress, StageClock, make_plan
+from runtime.planning.plan import PlanConfig, PlanResult, make_plan
 from runtime.planning.report import write_report
 from runtime.planning.synthetic_ct import SctSource
+from runtime.stages import Progress, StageClock
 
 SUMMARY_JSON = "plan.json"
 REPORT_FOLDER = "report"

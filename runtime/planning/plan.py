@@ -6,9 +6,6 @@ prediction stage plugs in ahead of it. Each stage reports progress and its wall 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,8 +34,7 @@ from runtime.planning.mimicking import (
 )
 from runtime.planning.sampling import SampleBudget, sample_voxels, target_union
 from runtime.planning.sequencing import DEFAULT_LEVELS, BeamSequence, sequence_beam
-
-Progress = Callable[[str, str], None]
+from runtime.stages import Progress, StageClock
 
 
 @dataclass(frozen=True)
@@ -80,24 +76,6 @@ class PlanResult:
     @property
     def n_segments(self) -> int:
         return sum(len(s.segments) for s in self.sequences)
-
-
-class StageClock:
-    """Times named stages and reports their start and end through ``progress``."""
-
-    def __init__(self, progress: Progress | None = None):
-        self.timings: dict[str, float] = {}
-        self.progress = progress
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        if self.progress:
-            self.progress(name, "started")
-        start = time.perf_counter()
-        yield
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
-        if self.progress:
-            self.progress(name, f"done in {self.timings[name]:.1f} s")
 
 
 def make_plan(case: Case, protocol: Protocol, target_dose_gy: np.ndarray, config: PlanConfig = PlanConfig(),
