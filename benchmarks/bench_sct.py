@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 PATIENT = REPO.parent / "shared" / "data" / "openkbp" / "validation-pats" / "pt_201"
 sys.path.insert(0, str(REPO / "tests"))
 
+from bench_segment import time_command  # noqa: E402
 from dicom_cases import write_mr_series  # noqa: E402
 
 
@@ -72,18 +72,6 @@ def benchmark_model(path: Path) -> Path:
     return save_checkpoint(path, task, task.build_network())
 
 
-def time_sct(model: Path, mr_folder: Path, out: Path, repeats: int) -> dict:
-    """Wall time of whole ``fedrt sct`` processes (start-up included) and the command's own breakdown."""
-    walls, lines = [], []
-    for i in range(repeats):
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "fedrt.cli", "sct", str(mr_folder), "--model", str(model),
-                               "--out", str(out / f"run{i}")], check=True, stdout=subprocess.PIPE, text=True)
-        walls.append(time.perf_counter() - start)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("timing:")]
-    return {"wall_s_median": statistics.median(walls), "wall_s_all": walls, "breakdown": lines[-1] if lines else ""}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -94,7 +82,8 @@ def main() -> None:
     dose = args.out / "RD.dcm"
     mr = export_mr(args.out / "mr-128", dose)
     result = {"machine": f"{platform.node()} {platform.machine()}", "date": time.strftime("%Y-%m-%d"),
-              "model": str(model), "mr_128": time_sct(model, mr, args.out / "sct-128", args.repeats),
+              "model": str(model),
+              "mr_128": time_command(["sct", str(mr), "--model", str(model)], args.out / "sct-128", args.repeats),
               "plan": time_plan(model, mr, dose, args.out / "plan")}
     (args.out / "sct.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

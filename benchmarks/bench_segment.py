@@ -37,16 +37,23 @@ def export_ct(folder: Path, shape: tuple[int, int, int], spacing_mm: tuple[float
     return folder
 
 
-def time_segment(model: Path, ct_folder: Path, out: Path, repeats: int) -> dict:
-    """Wall time of whole ``fedrt segment`` processes (start-up included) and the command's own breakdown."""
+def time_command(command: list[str], out: Path, repeats: int) -> dict:
+    """Wall time of whole ``fedrt COMMAND ... --out OUT/runN`` processes (start-up included) and the command's own
+    breakdown (its ``timing:`` line).
+    """
     walls, lines = [], []
     for i in range(repeats):
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "fedrt.cli", "segment", str(ct_folder), "--model", str(model),
-                               "--out", str(out / f"run{i}")], check=True, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.run([sys.executable, "-m", "fedrt.cli", *command, "--out", str(out / f"run{i}")],
+                              check=True, stdout=subprocess.PIPE, text=True)
         walls.append(time.perf_counter() - start)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("timing:")]
     return {"wall_s_median": statistics.median(walls), "wall_s_all": walls, "breakdown": lines[-1] if lines else ""}
+
+
+def time_segment(model: Path, ct_folder: Path, out: Path, repeats: int) -> dict:
+    """``fedrt segment`` of ``ct_folder``, timed."""
+    return time_command(["segment", str(ct_folder), "--model", str(model)], out, repeats)
 
 
 def main() -> None:
