@@ -90,11 +90,14 @@ class NodesLostError(DeploymentError):
 
 
 class BoundedGrid:
-    """The run's Grid with a bound on waiting for nodes: Flower's strategies (``sample_nodes``) poll
-    ``get_node_ids`` until enough nodes are connected, without a time limit; here a phase still asking
-    ``wait_s`` after it began (it asks once when enough nodes are there: Flower's own count may exceed
-    ``required`` when a fraction of more nodes is sampled) raises ``NodesLostError`` naming the missing sites.
+    """The run's Grid with a bound on waiting for nodes. Flower's strategies size a round's sample from the nodes
+    connected when it is configured and then (``sample_nodes``) poll ``get_node_ids`` until enough are there,
+    without a time limit: a site rejoining a moment late is then connected but left out of the round. Here
+    ``get_node_ids`` itself waits until the phase's ``required`` nodes are connected, so the sample counts them,
+    and raises ``NodesLostError`` naming the missing sites when that takes longer than ``wait_s``.
     """
+
+    poll_s = 0.5  # how often a waiting phase asks the SuperLink again
 
     def __init__(self, grid: Grid, wait_s: float, names: dict[int, str]):
         self.grid, self.wait_s, self.names = grid, wait_s, names
@@ -108,15 +111,21 @@ class BoundedGrid:
         self.phase, self.required, self.started = phase, required, time.monotonic()
 
     def get_node_ids(self) -> Iterable[int]:
-        """The connected nodes; raises when the phase is still waiting ``wait_s`` after it began."""
-        nodes = list(self.grid.get_node_ids())
-        if time.monotonic() - self.started > self.wait_s:
-            missing = sorted(name for node, name in self.names.items() if node not in nodes)
-            lost = f" (missing: {', '.join(missing)})" if missing else ""
-            raise NodesLostError(f"{self.phase}: still too few nodes after {self.wait_s:g} s ({len(nodes)} connected, "
-                                 f"at least {self.required} required){lost}; restart the missing hospitals' nodes or "
-                                 "lower federation.min_*_nodes, then resume the run with resume=<MLflow run id>")
-        return nodes
+        """The connected nodes once ``required`` are; raises when the phase is still asking ``wait_s`` after it
+        began (also when Flower's own count exceeds ``required``, e.g. a node left after the sample was sized).
+        """
+        while True:
+            nodes = list(self.grid.get_node_ids())
+            if time.monotonic() - self.started > self.wait_s:
+                missing = sorted(name for node, name in self.names.items() if node not in nodes)
+                lost = f" (missing: {', '.join(missing)})" if missing else ""
+                raise NodesLostError(f"{self.phase}: still too few nodes after {self.wait_s:g} s ({len(nodes)} "
+                                     f"connected, at least {self.required} required){lost}; restart the missing "
+                                     "hospitals' nodes or lower federation.min_*_nodes, then resume the run with "
+                                     "resume=<MLflow run id>")
+            if len(nodes) >= self.required:
+                return nodes
+            time.sleep(self.poll_s)
 
 
 def _name(node: int, names: dict[int, str]) -> str:

@@ -197,6 +197,25 @@ def test_too_few_nodes_fail_fast_instead_of_hanging():
                    1, 1, ConfigRecord(), ConfigRecord(), timeout_s=5, node_wait_s=0.2)
 
 
+def test_a_node_rejoining_while_a_round_waits_for_it_is_sampled_for_that_round():
+    """Flower sizes the sample from the nodes connected when the round is configured, then waits for
+    min_available_nodes: a restarted site connecting during that wait would be connected but left out.
+    """
+    grid = ReplyingGrid([1], site_reply)
+    asked = 0
+
+    def rejoining() -> list[int]:
+        nonlocal asked
+        asked += 1
+        return [1, 2] if asked > 2 else [1]  # site-2's node is back on the third look
+
+    grid.get_node_ids = rejoining
+    reports = []
+    run_rounds(FedAvg(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=2), grid, arrays(0.0), 1, 1,
+               ConfigRecord(), ConfigRecord(), timeout_s=5, node_wait_s=5, on_round=lambda r, _: reports.append(r))
+    assert sorted(reports[0].site_train) == ["site-1", "site-2"]
+
+
 def test_a_node_lost_after_training_stops_the_evaluation_wait_naming_its_site():
     """Flower's sample_nodes would wait for the lost node for ever; the bounded grid names it instead."""
     grid = ReplyingGrid([1, 2], None)
