@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from models import loop
 from models.checkpoint import save_checkpoint
@@ -55,13 +57,30 @@ def default_output(task_name: str) -> Path:
     return Path("runs") / f"{task_name}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
 
 
-def run_training(config: DictConfig, progress: bool = True) -> TrainingOutcome:
-    """Train centrally on the config's data; the checkpoint carries the composed config for provenance."""
+def score_line(scores: dict[str, float], primary: str) -> str:
+    """Validation scores on one line, the task's primary score first (per-organ Dice for seg; no HD95)."""
+    keys = [primary, *sorted(k for k in scores if k != primary and not k.startswith("hd95_"))]
+    return ", ".join(f"{k}={scores[k]:.4f}" for k in keys if k in scores)
+
+
+def run_training(config: DictConfig, progress: bool = True,
+                 on_validation: Callable[[int, dict[str, float]], None] | None = None) -> TrainingOutcome:
+    """Train centrally on the config's data; the checkpoint carries the composed config for provenance.
+    Periodic validation (``train.validate_every_min``) is printed and passed to ``on_validation(step, scores)``.
+    """
     task = task_from_config(config)
     split = load_data(config, task)
     network = task.build_network()
     prepared = [task.prepare(case) for case in split.train]
-    result = loop.train(network, task, prepared, train_config(config), progress=progress)
+
+    def validated(step: int, minutes: float, scores: dict[str, float]) -> None:
+        tqdm.write(f"{time.strftime('%H:%M:%S')} {minutes:.1f} min, step {step}: "
+                   f"{score_line(scores, task.primary_metric)}")
+        if on_validation is not None:
+            on_validation(step, scores)
+
+    result = loop.train(network, task, prepared, train_config(config), progress=progress, validation=split.val,
+                        on_validation=validated)
     validation = loop.evaluate(network, task, split.val, progress=progress) if split.val else {}
     output = Path(config.output) if config.output else default_output(task.name)
     metadata = {"config": OmegaConf.to_container(config, resolve=True), "data_root": str(split.root),

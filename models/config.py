@@ -10,7 +10,9 @@ from protocols.errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Network size and the resolution it works at (``downsample`` 1 = native grid, 2 = half)."""
+    """Network size, the resolution it works at (``downsample`` 1 = native grid, 2 = half) and how it predicts;
+    saved in every checkpoint, so a model predicts the same way wherever it runs.
+    """
 
     channels: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (2, 2, 2)
@@ -18,6 +20,7 @@ class ModelConfig:
     dropout: float = 0.0
     downsample: int = 1
     patch: tuple[int, int, int] = (96, 96, 96)
+    tta_flip: bool = False  # inference averages the patient's prediction with its left-right mirror's
 
     @property
     def divisor(self) -> int:
@@ -47,6 +50,8 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     precision: str = "fp32"
+    average_from: float | None = None  # mean of the weights of every step from this fraction of the budget on
+    validate_every_min: float | None = None  # score the validation cases every N minutes of training
     extra: dict[str, Any] = field(default_factory=dict)
 
 

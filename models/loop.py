@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +18,11 @@ from torch import nn
 from tqdm import tqdm
 
 from models import encoding
-from models.augment import class_indices, dataset_class_ratios, foreground_indices, training_transform
+from models.augment import LATERAL_DIM, class_indices, dataset_class_ratios, foreground_indices, training_transform
 from models.config import TrainConfig
 from models.tasks import Prepared, Task
 from models.tasks.base import Prediction
+from models.weights import WeightAverage
 from protocols.case import Case
 from protocols.errors import ConfigError, DataError
 
@@ -37,6 +38,9 @@ class TrainResult:
     seconds: float = 0.0
     num_examples: int = 0
     optimizer_state: dict | None = None
+    validation_seconds: float = 0.0  # periodic validation (``validate_every_min``), not counted in ``seconds``
+    averaged_steps: int = 0  # how many steps' weights were averaged into the result (``average_from``)
+    last_weights: dict[str, torch.Tensor] | None = None  # the last step's own weights, when averaging replaced them
 
     @property
     def loss(self) -> float:
@@ -100,9 +104,13 @@ def _proximal_term(network: nn.Module, reference: list[torch.Tensor]) -> torch.T
 
 
 def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: TrainConfig,
-          progress: bool = True, label: str = "train", optimizer_state: dict | None = None) -> TrainResult:
+          progress: bool = True, label: str = "train", optimizer_state: dict | None = None,
+          validation: Sequence[Case] = (),
+          on_validation: Callable[[int, float, dict[str, float]], None] | None = None) -> TrainResult:
     """Train on random patches of the prepared cases for ``config.epochs`` (or until ``max_minutes``);
     ``optimizer_state`` (an earlier result's) continues AdamW's moments instead of starting them at zero.
+    Every ``config.validate_every_min`` minutes of training the ``validation`` cases are scored and
+    ``on_validation(step, minutes, scores)`` is called; that time is not taken from the training budget.
     """
     if not prepared:
         raise DataError("no training cases: check data.root and the validation report (fedrt data check)")
@@ -126,7 +134,14 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
         optimizer.load_state_dict(optimizer_state)
     reference = [p.detach().clone() for p in network.parameters()] if config.proximal_mu > 0 else None
     result = TrainResult(num_examples=len(prepared))
+    average = WeightAverage() if config.average_from is not None else None
+    every_s = config.validate_every_min * 60 if config.validate_every_min and validation else None
+    next_validation = every_s
     start = time.perf_counter()
+
+    def training_s() -> float:
+        return time.perf_counter() - start - result.validation_seconds
+
     network.train()
     bar = tqdm(total=None if budget_s else total, desc=f"{label} {task.name}", unit="step", disable=not progress,
                leave=False, postfix=f"budget {config.max_minutes:g} min" if budget_s else None)
@@ -134,7 +149,14 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
         order = rng.permutation(np.resize(np.arange(len(items)), steps_per_epoch * config.batch_size))
         losses = []
         for step in range(steps_per_epoch):
-            elapsed = time.perf_counter() - start
+            elapsed = training_s()
+            if next_validation is not None and elapsed >= next_validation:
+                began = time.perf_counter()
+                scores = evaluate(network, task, validation)
+                result.validation_seconds += time.perf_counter() - began
+                next_validation += every_s
+                if on_validation is not None:
+                    on_validation(result.steps, elapsed / 60, scores)
             fraction = max(result.steps / total, elapsed / budget_s if budget_s else 0.0)
             if budget_s and elapsed >= budget_s:
                 break
@@ -154,33 +176,57 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
             optimizer.step()
             losses.append(float(loss.detach()))
             result.steps += 1
+            if average is not None and fraction >= config.average_from:
+                average.update(network)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if losses:
             result.history.append(float(np.mean(losses)))
-        if budget_s and time.perf_counter() - start >= budget_s:
+        if budget_s and training_s() >= budget_s:
             break
     bar.close()
     network.to(memory_format=torch.contiguous_format)
+    if average is not None and average.count:
+        result.last_weights = {k: v.clone() for k, v in network.state_dict().items()}
+        average.apply(network)
+        result.averaged_steps = average.count
     result.optimizer_state = optimizer.state_dict()
-    result.seconds = time.perf_counter() - start
+    result.seconds = training_s()
     return result
+
+
+def _sliding_window(network: nn.Module, task: Task, image: torch.Tensor) -> torch.Tensor:
+    """The network's output over a working-grid image: padded as in training, in overlapping patch windows."""
+    shape = image.shape[1:]
+    pads = _patch_padding(shape, task.model_config.patch)
+    output = sliding_window_inference(pad_image(image, pads, task.ct_channels)[None], list(task.model_config.patch),
+                                      sw_batch_size=2, predictor=network, overlap=0.25, mode="gaussian")[0]
+    (l2, _, l1, _, l0, _) = pads
+    return output[:, l0:l0 + shape[0], l1:l1 + shape[1], l2:l2 + shape[2]]
+
+
+@torch.no_grad()
+def infer(network: nn.Module, task: Task, image: torch.Tensor) -> torch.Tensor:
+    """The network's raw output over a working-grid image. With the model's ``tta_flip`` it is the mean of the
+    image's output and its left-right mirror's, mirrored back with paired channels swapped (a left parotid seen
+    in the mirror is the right one), so the prediction is exactly as symmetric as the patient.
+    """
+    output = _sliding_window(network, task, image)
+    if task.model_config.tta_flip:
+        permutations = task.permutations()
+        mirror = _sliding_window(network, task, torch.flip(image, dims=(LATERAL_DIM,))[permutations["image"]])
+        output = (output + torch.flip(mirror, dims=(LATERAL_DIM,))[permutations["target"]]) / 2
+    return output
 
 
 @torch.no_grad()
 def predict(network: nn.Module, task: Task[Prediction, Any], case: Case) -> Prediction:
-    """Predict one case on its native grid: sliding-window inference at the model's resolution, resampled back."""
+    """Predict one case on its native grid: inference at the model's resolution (``infer``), resampled back."""
     crop = task.crop(case)
-    image = encoding.to_working(task.inputs(case), crop)
-    shape = image.shape[1:]
-    pads = _patch_padding(shape, task.model_config.patch)
     was_training = network.training
     network.eval()
-    output = sliding_window_inference(pad_image(image, pads, task.ct_channels)[None], list(task.model_config.patch),
-                                      sw_batch_size=2, predictor=network, overlap=0.25, mode="gaussian")[0]
+    output = infer(network, task, encoding.to_working(task.inputs(case), crop))
     network.train(was_training)
-    (l2, _, l1, _, l0, _) = pads
-    output = output[:, l0:l0 + shape[0], l1:l1 + shape[1], l2:l2 + shape[2]]
     return task.postprocess(output, case, crop)
 
 

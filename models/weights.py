@@ -1,4 +1,6 @@
-"""Model weights as a list of numpy arrays (Flower-free): the whole state dict, buffers included."""
+"""Model weights as a list of numpy arrays (Flower-free): the whole state dict, buffers included; and the mean of
+a network's weights over its last training steps.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 
 def set_weights(network: nn.Module, weights: list[np.ndarray]) -> None:
@@ -26,3 +29,29 @@ def set_weights(network: nn.Module, weights: list[np.ndarray]) -> None:
             raise ValueError(f"weight {key}: expected dtype {current.dtype}, got {tensor.dtype}")
         loaded[key] = tensor
     network.load_state_dict(loaded, strict=True)
+
+
+class WeightAverage:
+    """The equal-weight mean of a network's parameters over the steps it is given (torch's ``AveragedModel``);
+    ``apply`` puts it into the network, whose buffers (normalisation statistics) stay its own last ones.
+    """
+
+    def __init__(self) -> None:
+        self.averaged: AveragedModel | None = None
+
+    @property
+    def count(self) -> int:
+        return 0 if self.averaged is None else int(self.averaged.n_averaged)
+
+    def update(self, network: nn.Module) -> None:
+        """Add the network's current parameters to the mean."""
+        if self.averaged is None:
+            self.averaged = AveragedModel(network, use_buffers=False)
+        self.averaged.update_parameters(network)
+
+    @torch.no_grad()
+    def apply(self, network: nn.Module) -> None:
+        """Replace the network's parameters by the mean (nothing to do before the first ``update``)."""
+        if self.averaged is not None:
+            for mine, mean in zip(network.parameters(), self.averaged.module.parameters(), strict=True):
+                mine.copy_(mean)

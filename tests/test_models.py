@@ -12,7 +12,7 @@ from models.augment import RandLateralFlipd, class_indices, dataset_class_ratios
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import ModelConfig, TrainConfig
 from models.tasks import make_task
-from models.weights import set_weights
+from models.weights import WeightAverage, set_weights
 from protocols.openkbp import load_openkbp_case
 
 SMALL = ModelConfig(channels=(4, 8, 16), strides=(2, 2), res_units=0, downsample=2, patch=(32, 32, 32))
@@ -101,6 +101,38 @@ def test_short_training_lowers_the_loss_for_both_tasks(cases, protocol, precisio
         assert all(w.dtype == np.float32 for w in sent_weights(net))
 
 
+def test_weight_average_is_the_mean_of_the_parameters_and_keeps_the_last_buffers():
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.BatchNorm3d(2))
+    average, states = WeightAverage(), []
+    for i in range(3):
+        with torch.no_grad():
+            for p in network.parameters():
+                p.fill_(float(i))  # parameters 0, 1, 2: their mean is 1
+        network(torch.randn(2, 1, 5, 5, 5))  # training mode: moves BatchNorm's running statistics
+        average.update(network)
+        states.append({k: v.clone() for k, v in network.state_dict().items()})
+    average.apply(network)
+    assert average.count == 3
+    assert all(torch.equal(p, torch.ones_like(p)) for p in network.parameters())
+    last = states[-1]
+    for key, buffer in network.named_buffers():
+        assert torch.equal(buffer, last[key]), key  # running mean/var and num_batches_tracked (3) are the last's
+    assert int(network[1].num_batches_tracked) == 3
+
+
+def test_training_averages_the_weights_of_the_last_steps(cases, protocol):
+    task = make_task("dose", protocol, SMALL)
+    prepared = [task.prepare(cases[0])]
+    for average_from, averaged in ((0.5, 2), (0.75, 1)):
+        torch.manual_seed(0)
+        network = task.build_network()
+        result = loop.train(network, task, prepared, TrainConfig(epochs=1, steps_per_epoch=4, lr=0.01,
+                                                                 average_from=average_from), progress=False)
+        assert result.averaged_steps == averaged
+        same = all(torch.equal(v, result.last_weights[k]) for k, v in network.state_dict().items())
+        assert same == (averaged == 1)  # the mean of one step's weights is that step's weights
+
+
 def test_an_unknown_precision_is_refused_by_name(cases, protocol):
     task = make_task("dose", protocol, SMALL)
     with pytest.raises(ValueError, match=r"unknown train\.precision 'fp16'; choose fp32 or bf16"):
@@ -173,6 +205,31 @@ def test_prediction_sees_the_patient_padded_as_in_training(cases, protocol):
         padded_out = net(loop.pad_image(prep.image, pads)[None])[0]
     expected = task.postprocess(padded_out[:, l0:l0 + d0, l1:l1 + d1, l2:l2 + d2], cases[0], prep.crop)
     np.testing.assert_allclose(loop.predict(net, task, cases[0]), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("task_name", ["seg", "dose"])
+def test_flip_tta_predicts_a_mirrored_patient_as_the_mirror_of_its_prediction(cases, protocol, task_name):
+    """With ``tta_flip`` an untrained (asymmetric) network's output is exactly mirror-equivariant, paired organs
+    swapped: a parotid's channel on the mirrored patient is the other parotid's, mirrored. Without it, it is not.
+    """
+    task = make_task(task_name, protocol, ModelConfig(**{**SMALL.__dict__, "tta_flip": True}))
+    torch.manual_seed(0)
+    net = task.build_network().eval()
+    image = task.prepare(cases[0]).image
+    permutations = task.permutations()
+
+    def mirror(volume: torch.Tensor, key: str) -> torch.Tensor:
+        return torch.flip(volume, dims=(2,))[permutations[key]]
+
+    with torch.no_grad():
+        torch.testing.assert_close(loop.infer(net, task, mirror(image, "image")),
+                                   mirror(loop.infer(net, task, image), "target"), rtol=0, atol=1e-6)
+        plain = make_task(task_name, protocol, SMALL)
+        assert not torch.allclose(loop.infer(net, plain, mirror(image, "image")),
+                                  mirror(loop.infer(net, plain, image), "target"), atol=1e-3)
+    if task_name == "seg":
+        left, right = protocol.oars.index("LeftParotid"), protocol.oars.index("RightParotid")
+        assert permutations["target"][left] == right and permutations["target"][right] == left
 
 
 def test_evaluate_reports_task_metrics(cases, protocol):
