@@ -150,6 +150,8 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
         losses = []
         for step in range(steps_per_epoch):
             elapsed = training_s()
+            if budget_s and elapsed >= budget_s:
+                break  # before a periodic validation: the caller scores the finished model anyway
             if next_validation is not None and elapsed >= next_validation:
                 began = time.perf_counter()
                 scores = evaluate(network, task, validation)
@@ -158,8 +160,6 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
                 if on_validation is not None:
                     on_validation(result.steps, elapsed / 60, scores)
             fraction = max(result.steps / total, elapsed / budget_s if budget_s else 0.0)
-            if budget_s and elapsed >= budget_s:
-                break
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, fraction)
             picks = order[step * config.batch_size:(step + 1) * config.batch_size]

@@ -115,24 +115,22 @@ def say(line: str) -> None:
     SAID.info(line)
 
 
-class RoundPrinter:
+class RoundPrinter(Tracker):
     """A Tracker that also says each round's summary (``say``)."""
 
     def __init__(self, tracker: Tracker, rounds: int):
-        self._tracker, self._rounds = tracker, rounds
+        super().__init__(tracker.client, tracker.run_id)
+        self._rounds = rounds
 
     def log_round(self, report: RoundReport) -> None:
         """Record the round in MLflow, then say its summary."""
-        self._tracker.log_round(report)
+        super().log_round(report)
         say(round_summary(report, self._rounds))
 
     def log_evaluation(self, report: RoundReport) -> None:
         """Record the sites' scores of an earlier round's model (folded evaluation), then say them."""
-        self._tracker.log_evaluation(report)
+        super().log_evaluation(report)
         say(evaluation_summary(report, self._rounds))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tracker, name)
 
 
 def _print_outcome(outcome: FederationOutcome) -> None:

@@ -203,13 +203,8 @@ def run_recorded(grid: Grid, config: DictConfig, tracker: Tracker) -> Federation
     """Run the federation in ``tracker``'s MLflow run: FINISHED when it ends, FAILED (so resumable with
     ``resume=<run id>``) on any failure or interruption.
     """
-    try:
-        outcome = run_federation(grid, config, tracker)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish("FINISHED")
-    return outcome
+    with tracker:
+        return run_federation(grid, config, tracker)
 
 
 def _last_scores(reports: list[RoundReport]) -> dict[str, Any]:

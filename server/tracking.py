@@ -199,6 +199,13 @@ class Tracker:
         """End the run as FINISHED, or FAILED (a federated run can then be resumed)."""
         self.client.set_terminated(self.run_id, status=status)
 
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        """End the run as FINISHED, or FAILED when the block raised (an interruption too)."""
+        self.finish("FINISHED" if exc_type is None else "FAILED")
+
 
 def find_runs(uri: str, experiment: str, scenario: str) -> list:
     """The finished runs of a scenario (federated, baselines), newest first."""

@@ -60,7 +60,7 @@ def _train_one(config: DictConfig, task: Task, kind: str, site: str, prepared: l
             "fedrt.task": task.name, "fedrt.protocol": config.protocol}
     tracker = Tracker.start(config.tracking.uri, config.tracking.experiment,
                             OmegaConf.to_container(config, resolve=True), tags, run_name=f"{kind}-{site}-{task.name}")
-    try:
+    with tracker:
         torch.manual_seed(config.seed)
         network = task.build_network()
         result = loop.train(network, task, prepared, settings, progress=progress, label=f"{kind} {site}")
@@ -68,10 +68,6 @@ def _train_one(config: DictConfig, task: Task, kind: str, site: str, prepared: l
         tracker.log_metrics({**{f"val/{k}": v for k, v in validation.items()}, "train/train_loss": result.loss,
                              "train/train_seconds": result.seconds, "train/train_steps": result.steps,
                              "train/cases": result.num_examples}, step=settings.epochs)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish()
     log.info("%s %s: %d cases, %d steps in %.0f s", kind, site, result.num_examples, result.steps, result.seconds)
     return BaselineOutcome(kind, site, tracker.run_id, result, validation, network)
 

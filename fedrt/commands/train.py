@@ -17,33 +17,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
     from models.centralized import run_training
-    from server.tracking import Tracker
 
     config = composed(args)
     if config is None:
         return 0
-    tracker = None
-    if config.tracking.train:
-        tracker = Tracker.start(config.tracking.uri, config.tracking.experiment,
-                                OmegaConf.to_container(config, resolve=True),
-                                {"fedrt.kind": "centralized", "fedrt.task": config.task.name,
-                                 "fedrt.protocol": config.protocol}, run_name=f"train-{config.task.name}")
-        print(f"fedrt: MLflow run {tracker.run_id} ({config.tracking.uri})")
-    try:
-        outcome = run_training(config, on_validation=None if tracker is None else (
-            lambda step, scores: tracker.log_metrics({f"val/{k}": v for k, v in scores.items()}, step)))
-        if tracker is not None:
+    if not config.tracking.train:
+        outcome = run_training(config)
+    else:
+        from omegaconf import OmegaConf
+
+        from server.tracking import Tracker
+
+        tags = {"fedrt.kind": "centralized", "fedrt.task": config.task.name, "fedrt.protocol": config.protocol}
+        with Tracker.start(config.tracking.uri, config.tracking.experiment,
+                           OmegaConf.to_container(config, resolve=True), tags,
+                           run_name=f"train-{config.task.name}") as tracker:
+            print(f"fedrt: MLflow run {tracker.run_id} ({config.tracking.uri})")
+            outcome = run_training(config, on_validation=lambda step, scores: tracker.log_metrics(
+                {f"val/{k}": v for k, v in scores.items()}, step))
             tracker.log_metrics({**{f"val/{k}": v for k, v in outcome.validation.items()},
                                  "train/train_loss": outcome.result.loss}, outcome.result.steps)
-    except BaseException:
-        if tracker is not None:
-            tracker.finish("FAILED")
-        raise
-    if tracker is not None:
-        tracker.finish()
     history = ", ".join(f"{v:.4f}" for v in outcome.result.history)
     print(f"trained {outcome.result.steps} steps on {outcome.result.num_examples} cases in "
           f"{outcome.result.seconds:.0f} s; loss per epoch: {history}")
