@@ -33,6 +33,7 @@ CONFIG_ARTIFACT = "config.json"
 CHECKPOINTS = "checkpoints"
 MODEL_ARTIFACT = "model"
 CHECKPOINT_FILE = "checkpoint.pt"
+VALIDATION = "val/"  # key prefix of scores on the validation patients: server-side, centralised and baselines
 _ROUND_DIR = re.compile(r"round-(\d+)$")
 _BATCH = 100
 
@@ -47,6 +48,11 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[name] = json.dumps(value) if isinstance(value, list) else str(value)
     return out
+
+
+def validation_metrics(scores: dict[str, float]) -> dict[str, float]:
+    """Scores on the validation patients under their MLflow keys (``VALIDATION``)."""
+    return {f"{VALIDATION}{k}": v for k, v in scores.items()}
 
 
 def _evaluation_metrics(report: RoundReport) -> dict[str, float]:
@@ -130,7 +136,7 @@ class Tracker:
         """Aggregated and per-site metrics, wall time, framework overhead and bytes of one round."""
         metrics = {f"train/{k}": v for k, v in report.train_metrics.items()}
         metrics |= _evaluation_metrics(report)
-        metrics |= {f"val/{k}": v for k, v in report.server_metrics.items()}
+        metrics |= validation_metrics(report.server_metrics)
         for site, values in report.site_train.items():
             metrics |= {f"site/{site}/train/{k}": v for k, v in values.items()}
         metrics |= report.privacy

@@ -26,7 +26,7 @@ from protocols.case import Case
 from protocols.errors import ConfigError
 from protocols.splits import load_cases, select_patients
 from server.federation import scenario_name
-from server.tracking import Tracker
+from server.tracking import Tracker, validation_metrics
 from simulation.partition import partition
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def _train_one(config: DictConfig, task: Task, kind: str, site: str, prepared: l
         network = task.build_network()
         result = loop.train(network, task, prepared, settings, progress=progress, label=f"{kind} {site}")
         validation = loop.evaluate(network, task, val, progress=progress) if val else {}
-        tracker.log_metrics({**{f"val/{k}": v for k, v in validation.items()}, "train/train_loss": result.loss,
+        tracker.log_metrics({**validation_metrics(validation), "train/train_loss": result.loss,
                              "train/train_seconds": result.seconds, "train/train_steps": result.steps,
                              "train/cases": result.num_examples}, step=settings.epochs)
     log.info("%s %s: %d cases, %d steps in %.0f s", kind, site, result.num_examples, result.steps, result.seconds)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from models.tasks import task_class
 from protocols.errors import ConfigError
 from server.federation import scenario_name
-from server.tracking import Tracker, find_runs
+from server.tracking import VALIDATION, Tracker, find_runs
 from wire.records import NUM_EXAMPLES
 
 
@@ -38,7 +38,7 @@ def _row(run) -> Row:
         model = f"{kind} {tags.get('fedrt.site', '')}".strip()
         cases = int(metrics.get("train/cases", 0))
     minutes = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 60000
-    scores = {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}
+    scores = {k.removeprefix(VALIDATION): v for k, v in metrics.items() if k.startswith(VALIDATION)}
     return Row(model, kind, run.info.run_id, cases, minutes, scores)
 
 

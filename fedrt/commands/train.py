@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from omegaconf import OmegaConf
 
-        from server.tracking import Tracker
+        from server.tracking import Tracker, validation_metrics
 
         tags = {"fedrt.kind": "centralized", "fedrt.task": config.task.name, "fedrt.protocol": config.protocol}
         with Tracker.start(config.tracking.uri, config.tracking.experiment,
@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
                            run_name=f"train-{config.task.name}") as tracker:
             print(f"fedrt: MLflow run {tracker.run_id} ({config.tracking.uri})")
             outcome = run_training(config, on_validation=lambda step, scores: tracker.log_metrics(
-                {f"val/{k}": v for k, v in scores.items()}, step))
-            tracker.log_metrics({**{f"val/{k}": v for k, v in outcome.validation.items()},
+                validation_metrics(scores), step))
+            tracker.log_metrics({**validation_metrics(outcome.validation),
                                  "train/train_loss": outcome.result.loss}, outcome.result.steps)
     history = ", ".join(f"{v:.4f}" for v in outcome.result.history)
     print(f"trained {outcome.result.steps} steps on {outcome.result.num_examples} cases in "
