@@ -194,13 +194,16 @@ def test_site_names_and_seeds_are_stable_pseudonyms():
 
 
 def test_the_learning_rate_schedule_runs_over_the_rounds_and_is_constant_within_one():
-    config = compose([*OVERRIDES, "rounds=4", "train.lr=0.01"])
+    config = compose([*OVERRIDES, "rounds=4", "train.lr=0.01", "train.average_from=0.8", "train.validate_every_min=10"])
     plan = decode_plan(ConfigRecord({PLAN: site_plan(config, task_from_config(config))}))
     rates = [plan.round_settings(r).lr for r in (1, 2, 3, 4)]
     # cosine from 0.01 to 2% of it over the run: rounds start at progress 0, 1/4, 1/2, 3/4
     assert rates == pytest.approx([0.01 * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * p))) for p in (0, .25, .5, .75)])
     assert {plan.round_settings(r).schedule for r in (1, 4)} == {"constant"}
     assert plan.round_settings(1).epochs == config.federation.local_epochs
+    # whole-run settings stay out of a round's slice of the run
+    assert plan.train.average_from == 0.8
+    assert (plan.round_settings(2).average_from, plan.round_settings(2).validate_every_min) == (None, None)
 
 
 def broken_hospital(path: Path, tmp_path: Path) -> Path:

@@ -40,9 +40,12 @@ class SitePlan:
         """The loop settings of one round: the learning rate the run's schedule gives that round, held constant
         through the round. A schedule restarted in every round would spend the end of each round at almost no
         learning rate, which leaves the averaged model far behind centralised training of the same epochs.
+        Settings of a whole training run (``average_from``: the mean of the run's last steps' weights;
+        ``validate_every_min``) do not apply to a round, which is a slice of the run: they are cleared.
         """
         progress = min(max(server_round - 1, 0) / max(self.rounds, 1), 1.0)
-        return dataclasses.replace(self.train, lr=learning_rate(self.train, progress), schedule="constant")
+        return dataclasses.replace(self.train, lr=learning_rate(self.train, progress), schedule="constant",
+                                   average_from=None, validate_every_min=None)
 
     @property
     def data_key(self) -> str:
