@@ -9,6 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from protocols.errors import DataError
+from protocols.masks import largest_component
 
 # Index order of every array in a case, as in the published OpenKBP data: axis 0 runs anterior -> posterior
 # (image rows), axis 1 patient right -> left (image columns), axis 2 superior -> inferior (slices).
@@ -78,9 +79,7 @@ def mr_outline(mr: np.ndarray) -> np.ndarray:
     """
     smooth = ndimage.gaussian_filter(np.asarray(mr, np.float32), MR_BODY_SMOOTHING)
     body = smooth > MR_BODY_FRACTION * float(np.percentile(smooth, 99))
-    labels, count = ndimage.label(body)
-    if count > 1:
-        body = labels == 1 + int(np.argmax(ndimage.sum_labels(body, labels, range(1, count + 1))))
+    body = largest_component(body)
     # close gaps in a thin bright rim (scalp over dark skull) so that what it encloses is filled; the grid's
     # edges are extended first, as the patient goes on beyond the scan
     margin = MR_BODY_CLOSING

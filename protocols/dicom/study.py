@@ -26,6 +26,7 @@ from protocols.dicom.rtdose import RtDose, read_rtdose
 from protocols.dicom.rtplan import PlanSummary, describe_plan, read_rtplan
 from protocols.dicom.rtstruct import StructureSet, rasterise_roi, read_structure_set
 from protocols.dicom.series import Item, series_name
+from protocols.masks import largest_component
 from protocols.protocol import Protocol
 from protocols.validation import CaseReport, Severity
 
@@ -310,12 +311,9 @@ def _body(structure_set: StructureSet, ct: CtSeries, report: CaseReport) -> np.n
         mask = rasterise_roi(outline[0], ct.grid, report, structure_set.path)
         if mask.any():
             return mask
-    inside = ct.ct_hu > TISSUE_HU
-    labels, count = ndimage.label(inside)
-    if count == 0:
-        return inside
-    largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
-    mask = labels == largest
+    mask = largest_component(ct.ct_hu > TISSUE_HU)
+    if not mask.any():
+        return mask
     box = ndimage.find_objects(mask.astype(np.uint8))[0]
     for k in range(box[2].start, box[2].stop):
         mask[box[0], box[1], k] = ndimage.binary_fill_holes(mask[box[0], box[1], k])
