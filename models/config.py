@@ -21,7 +21,6 @@ class ModelConfig:
     downsample: int = 1
     patch: tuple[int, int, int] = (96, 96, 96)
     tta_flip: bool = False  # inference averages the patient's prediction with its left-right mirror's
-    largest_component: bool = False  # seg: each organ keeps only its largest connected part (stray islands go)
 
     @property
     def divisor(self) -> int:

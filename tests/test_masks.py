@@ -1,4 +1,4 @@
-"""The one "largest connected part" rule (protocols.masks), used by the body outlines and seg post-processing."""
+"""The one "largest connected part" rule (protocols.masks), used by the CT and MR body outlines."""
 
 import numpy as np
 
@@ -12,14 +12,6 @@ def test_largest_component_keeps_the_biggest_part_only():
     kept = largest_component(mask)
     assert kept.sum() == 125 and kept[8, 8, 8] and not kept[2, 2, 2]
     assert mask.sum() == 152, "the input is left as it was"
-
-
-def test_corner_connectivity_joins_what_face_connectivity_splits():
-    mask = np.zeros((6, 6, 6), bool)
-    mask[1, 1, 1] = mask[2, 2, 2] = mask[3, 3, 3] = True  # a diagonal line: voxels touch at corners only
-    mask[5, 0:2, 0] = True                                # two face-connected voxels
-    assert largest_component(mask, connectivity=3).sum() == 3
-    assert largest_component(mask, connectivity=1).sum() == 2
 
 
 def test_empty_and_single_part_masks_come_back_unchanged():

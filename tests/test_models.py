@@ -247,21 +247,3 @@ def test_bad_checkpoint_file_is_a_clear_error(tmp_path):
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="fedrt train"):
         load_checkpoint(tmp_path / "missing.pt")
-
-
-def test_largest_component_removes_stray_islands_from_each_organ(cases, protocol):
-    """An organ predicted in two places keeps only its larger part under ``largest_component``; without it both."""
-    case = cases[0]
-    task = make_task("seg", protocol, SMALL)
-    prep = task.prepare(case)
-    logits = torch.full((len(protocol.oars), *prep.image.shape[1:]), -10.0)
-    organ = protocol.oars.index("SpinalCord")
-    logits[organ, 2:8, 2:8, 2:8] = 10.0   # the organ
-    logits[organ, 12:14, 12:14, 12:14] = 10.0  # a stray island
-    plain = task.postprocess(logits, case, prep.crop)["SpinalCord"]
-    cleaned = make_task("seg", protocol, ModelConfig(**{**SMALL.__dict__, "largest_component": True}))
-    masks = cleaned.postprocess(logits, case, prep.crop)
-    kept = masks.pop("SpinalCord")
-    assert kept.any() and kept.sum() < plain.sum()
-    assert not (kept & ~plain).any(), "nothing is added"
-    assert not any(mask.any() for mask in masks.values())

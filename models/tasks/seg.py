@@ -14,7 +14,6 @@ from models.config import ModelConfig
 from models.tasks.base import Prepared, Task
 from protocols.case import Case
 from protocols.files import staged_folder
-from protocols.masks import largest_component
 from protocols.metrics import dice, hausdorff95_mm
 from protocols.openkbp import write_sparse_csv
 from protocols.protocol import Protocol
@@ -78,14 +77,9 @@ class SegTask(Task[dict[str, np.ndarray], dict[str, float]]):
                 + (bce * labelled).sum() / labelled.sum().clamp_min(1.0))
 
     def postprocess(self, output: torch.Tensor, case: Case, crop: encoding.Crop) -> dict[str, np.ndarray]:
-        """Boolean masks on the native grid, one per OAR; with the model's ``largest_component`` each keeps only
-        its largest corner-connected part (for protocols whose OARs are each one organ, as hn-openkbp's are).
-        """
+        """Boolean masks on the native grid, one per OAR."""
         probabilities = encoding.to_native(torch.sigmoid(output), crop)
-        masks = {name: probabilities[i] >= self.threshold for i, name in enumerate(self.protocol.oars)}
-        if self.model_config.largest_component:
-            masks = {name: largest_component(mask, connectivity=3) for name, mask in masks.items()}
-        return masks
+        return {name: probabilities[i] >= self.threshold for i, name in enumerate(self.protocol.oars)}
 
     def score(self, case: Case, prediction: dict[str, np.ndarray]) -> dict[str, float]:
         """Dice per contoured OAR, and HD95 in mm where the prediction is not empty (Dice already says 0)."""
