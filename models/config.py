@@ -52,6 +52,7 @@ class TrainConfig:
     precision: str = "fp32"
     average_from: float | None = None  # mean of the weights of every step from this fraction of the budget on
     validate_every_min: float | None = None  # score the validation cases every N minutes of training
+    balance_organs: bool = False  # weight each organ's loss by how rarely the training cases contour it
     extra: dict[str, Any] = field(default_factory=dict)
 
 

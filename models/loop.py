@@ -103,6 +103,15 @@ def _proximal_term(network: nn.Module, reference: list[torch.Tensor]) -> torch.T
     return sum(((p - r) ** 2).sum() for p, r in zip(network.parameters(), reference, strict=True))
 
 
+def organ_weights(labelled: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Loss weight per target channel, inverse to the share of the cases that label it (the most often labelled
+    weighs 1; one labelled in a third as many cases, 3; one never labelled, 0), so a rare organ teaches as much
+    over the dataset as a common one (``train.balance_organs``).
+    """
+    share = torch.stack(list(labelled)).float().mean(0)
+    return torch.where(share > 0, share.max() / share.clamp_min(1e-12), torch.zeros_like(share))
+
+
 def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: TrainConfig,
           progress: bool = True, label: str = "train", optimizer_state: dict | None = None,
           validation: Sequence[Case] = (),
@@ -121,6 +130,7 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
     patch = task.model_config.patch
     items = [_padded(p, patch, task.ct_channels) for p in prepared]
     ratios = dataset_class_ratios([item["class_idx"] for item in items]) if "class_idx" in items[0] else None
+    weights = organ_weights([p.labelled for p in prepared]) if config.balance_organs else torch.ones(1)
     transform = training_transform(patch, task.permutations(), config.flip, config.intensity_jitter, config.seed,
                                    ratios, task.ct_channels)
     steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(items) / config.batch_size))
@@ -165,7 +175,7 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
             picks = order[step * config.batch_size:(step + 1) * config.batch_size]
             samples = [transform(items[i])[0] for i in picks]
             batch = {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in ("image", "target", "mask")}
-            batch["labelled"] = torch.stack([prepared[i].labelled for i in picks])
+            batch["labelled"] = torch.stack([prepared[i].labelled for i in picks]) * weights
             with cast:
                 output = network(batch["image"].to(memory_format=torch.channels_last_3d))
             loss = task.loss(output.float(), batch)

@@ -69,6 +69,43 @@ def test_an_organ_contoured_in_few_cases_is_a_patch_centre_as_often_as_a_common_
     assert 0.65 < share < 0.8, share
 
 
+def test_an_organ_contoured_in_fewer_cases_weighs_more_in_proportion():
+    labelled = [torch.tensor([1.0, 1.0, 0.0]), torch.tensor([1.0, 0.0, 0.0]), torch.tensor([1.0, 1.0, 0.0])]
+    torch.testing.assert_close(loop.organ_weights(labelled), torch.tensor([1.0, 1.5, 0.0]))
+
+
+def test_balanced_seg_loss_is_the_organ_weighted_mean_of_the_per_organ_terms(protocol):
+    """Weights in ``labelled`` scale each organ's Dice and BCE; an organ with weight 0 adds nothing."""
+    task = make_task("seg", protocol, SMALL)
+    organs = len(protocol.oars)
+    torch.manual_seed(0)
+    output, target = torch.randn(1, organs, 8, 8, 8), (torch.rand(1, organs, 8, 8, 8) > 0.7).float()
+
+    def loss(weights: list[float]) -> float:
+        return float(task.loss(output, {"target": target, "labelled": torch.tensor([weights])}))
+
+    alone = [loss([1.0 if i == organ else 0.0 for i in range(organs)]) for organ in range(organs)]
+    weights = [1.0 + i for i in range(organs)]
+    assert loss(weights) == pytest.approx(float(np.dot(weights, alone) / sum(weights)), rel=1e-5)
+    assert loss([1.0] * organs) == pytest.approx(float(np.mean(alone)), rel=1e-5)
+
+
+def test_training_with_balance_organs_hands_the_loss_the_organ_weights(cases, protocol, monkeypatch):
+    task = make_task("seg", protocol, SMALL)
+    prepared = [task.prepare(c) for c in cases]
+    prepared[0].labelled[0] = 0.0  # organ 0 contoured in one of the two cases: it weighs 2
+    seen: list[torch.Tensor] = []
+    original = task.loss
+    monkeypatch.setattr(task, "loss", lambda output, batch: seen.append(batch["labelled"]) or original(output, batch))
+    for balance in (False, True):
+        loop.train(task.build_network(), task, prepared, TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2,
+                                                                     balance_organs=balance), progress=False)
+    plain, balanced = seen
+    expected = loop.organ_weights([p.labelled for p in prepared])
+    assert expected[0] == 2.0
+    torch.testing.assert_close(balanced, plain * expected)
+
+
 def test_weights_round_trip_exactly_including_buffers(protocol):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.BatchNorm3d(2))

@@ -30,7 +30,9 @@ TASK_CLASSES: dict[str, type[Task]] = {}  # task name -> class; filled by subcla
 
 @dataclass
 class Prepared:
-    """A case ready for training: working-grid tensors (channel-first) plus where they sit natively."""
+    """A case ready for training: working-grid tensors (channel-first) plus where they sit natively;
+    ``labelled``: 1 per target channel the case has a reference for, 0 where it has none.
+    """
 
     patient_id: str
     image: torch.Tensor

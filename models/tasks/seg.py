@@ -67,7 +67,8 @@ class SegTask(Task[dict[str, np.ndarray], dict[str, float]]):
 
     def loss(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Dice over the organs present in each patch (an absent organ's Dice only teaches "predict nothing",
-        which collapses small organs), BCE over every contoured organ.
+        which collapses small organs), BCE over every contoured organ. ``batch["labelled"]`` is 0 for an organ
+        not contoured and otherwise its weight (1, or ``loop.organ_weights`` under ``train.balance_organs``).
         """
         labelled = batch["labelled"]
         present = labelled * (batch["target"].flatten(2).amax(-1) > 0)
