@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord
 
+from configs.compose import compose
 from models import encoding, loop
 from models.augment import RandLateralFlipd, class_indices, dataset_class_ratios, training_transform
 from models.checkpoint import load_checkpoint, save_checkpoint
@@ -223,6 +226,28 @@ def test_prediction_is_native_grid_and_checkpoint_round_trip(cases, protocol, tm
     assert loaded.task.name == "dose" and loaded.task.model_config == SMALL
     assert loaded.metadata == {"note": "test"}
     np.testing.assert_array_equal(loop.predict(loaded.network, loaded.task, case), dose)
+
+
+def test_the_recipe_turns_dropout_on_for_the_dose_task_only():
+    """``preset=cpu60`` adds ``configs/task_preset/cpu60_dose.yaml`` for dose; other tasks and presets keep 0."""
+    assert compose(["task=dose", "preset=cpu60"]).model.dropout == 0.1
+    assert compose(["task=dose", "preset=cpu60", "model.dropout=0.0"]).model.dropout == 0.0
+    for overrides in (["task=seg", "preset=cpu60"], ["task=sct", "preset=cpu60"], ["task=dose", "preset=smoke"],
+                      ["task=dose"]):
+        assert compose(overrides).model.dropout == 0.0, overrides
+
+
+def test_dropout_acts_in_training_and_not_in_prediction(cases, protocol):
+    """Dropout makes two training passes differ; a prediction is the same every time (the network in eval mode)."""
+    task = make_task("dose", protocol, dataclasses.replace(SMALL, dropout=0.5))
+    torch.manual_seed(0)
+    net = task.build_network()
+    assert any(isinstance(m, torch.nn.Dropout) for m in net.modules())
+    image = task.prepare(cases[0]).image[None, :, :32, :32, :32]
+    with torch.no_grad():
+        assert not torch.equal(net.train()(image), net(image))
+    np.testing.assert_array_equal(loop.predict(net, task, cases[0]), loop.predict(net, task, cases[0]))
+    assert net.training, "predict puts the network back in the mode it found it in"
 
 
 def test_prediction_sees_the_patient_padded_as_in_training(cases, protocol):
