@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,8 +14,13 @@ from external import require_data
 REPO = Path(__file__).resolve().parents[1]
 OPENKBP = REPO.parent / "shared" / "data" / "openkbp"
 
-# One cache for the whole test session, so each real patient is parsed from CSV once.
-os.environ.setdefault("FEDRT_CACHE", tempfile.mkdtemp(prefix="fedrt-test-cache-"))
+# One temporary folder for the whole test session, removed when it ends: what the tests and the processes they start
+# write to temporary files (Ray's sessions, the round checkpoints of a server a test kills) and, unless the caller
+# chose one, the case cache, so that each real patient is parsed from CSV once and nothing is left in /tmp.
+SESSION_TMP = tempfile.mkdtemp(prefix="fedrt-tests-")
+atexit.register(shutil.rmtree, SESSION_TMP, ignore_errors=True)
+os.environ["TMPDIR"] = tempfile.tempdir = SESSION_TMP
+os.environ.setdefault("FEDRT_CACHE", os.path.join(SESSION_TMP, "cache"))
 
 
 @pytest.fixture(scope="session")

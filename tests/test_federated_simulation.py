@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,9 +64,16 @@ def wait_until_gone(pids: set[int], timeout_s: float = 30.0) -> set[int]:
     return alive
 
 
-def test_two_sites_one_round_is_tracked_registered_and_leaves_no_ray_behind(uri, workdir, monkeypatch):
+@pytest.fixture
+def ray_tmp() -> Iterator[Path]:
+    """A folder right under /tmp (Ray's socket paths must stay short), removed after the test."""
+    path = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_two_sites_one_round_is_tracked_registered_and_leaves_no_ray_behind(uri, workdir, ray_tmp, monkeypatch):
     # A cluster an earlier `ray start` recorded, long gone: a plain ray.init() would retry its address forever.
-    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must stay short
     (ray_tmp / "ray").mkdir()
     (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:6391")
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
