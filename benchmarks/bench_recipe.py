@@ -44,7 +44,7 @@ def main() -> None:
     from models.checkpoint import save_checkpoint
     from models.tasks import make_task
 
-    config = compose([f"task={args.task}", f"data.root={DATA}", "preset=cpu60", "train.precision=bf16",
+    config = compose([f"task={args.task}", f"data.root={DATA}", "preset=cpu60",
                       f"train.max_minutes={args.minutes}", f"train.average_from={args.average_from}",
                       f"train.validate_every_min={args.validate_every}", *args.overrides])
     task = task_from_config(config)
@@ -73,8 +73,9 @@ def main() -> None:
             label = f"{name}{' + flip TTA' if tta else ''}"
             variants[label] = {**scores, "predict_seconds_per_patient": (time.perf_counter() - start) / len(split.val)}
             print(f"{label}: {score_line(scores, task.primary_metric)}", flush=True)
-    report = {"task": args.task, "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-                                            f"torch {torch.__version__}",
+    report = {"task": args.task, "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs "
+                                            f"({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}",
+              "precision": loop.resolve_precision(config.train.precision),
               "date": time.strftime("%Y-%m-%d"), "overrides": args.overrides, "budget_minutes": args.minutes,
               "average_from": args.average_from, "steps": result.steps, "averaged_steps": result.averaged_steps,
               "train_minutes": result.seconds / 60, "validation_minutes": result.validation_seconds / 60,

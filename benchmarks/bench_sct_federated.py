@@ -31,7 +31,7 @@ UNSEEN_SCANNER = SITES + 1
 # together each make the same number of training steps (160 x 20 with 40 patients, batch 2): about an hour on 2 cores.
 FULL = ["preset=cpu60", "rounds=40", "federation.local_epochs=4", "train.max_minutes=null",
         "train.steps_per_epoch=null", "data.max_cases=null", "data.max_val_cases=null",
-        "federation.server_eval_every=10", "train.precision=bf16"]
+        "federation.server_eval_every=10"]
 SMOKE = ["preset=smoke", "rounds=1", "federation.local_epochs=1", "train.steps_per_epoch=2", "data.max_cases=null",
          "data.max_val_cases=null"]
 

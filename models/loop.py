@@ -4,6 +4,7 @@ baselines all call ``train``, ``evaluate`` and ``predict`` from here.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +26,10 @@ from models.tasks.base import Prediction
 from models.weights import WeightAverage
 from protocols.case import Case
 from protocols.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+# train.precision: fp32, bfloat16 autocast, or bf16 where the CPU has bfloat16 instructions and fp32 elsewhere.
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass
@@ -91,11 +96,31 @@ def learning_rate(config: TrainConfig, progress: float) -> float:
     raise ConfigError(f"unknown train.schedule {config.schedule!r}; choose cosine or constant")
 
 
+def native_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX-512 BF16 or AMX). Without them oneDNN emulates bfloat16
+    and a training step is about 20 times slower than in fp32 (docs/BENCHMARKS.md). torch offers the check only
+    under these private names (torch is pinned).
+    """
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_precision(precision: str) -> str:
+    """The arithmetic ``train.precision`` asks for on this CPU: ``auto`` is bf16 where the CPU has bfloat16
+    instructions and fp32 elsewhere; fp32 and bf16 are kept, bf16 on a CPU without them with a warning.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown train.precision {precision!r}; choose {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    if precision == "bf16" and not native_bf16():
+        log.warning("train.precision=bf16 on a CPU without bfloat16 instructions (%s): each step runs about 20 "
+                    "times slower than in fp32; use train.precision=auto", torch.backends.cpu.get_cpu_capability())
+    return precision
+
+
 def autocast(precision: str) -> torch.autocast:
     """The arithmetic of training: fp32, or bfloat16 autocast (weights, optimiser and loss stay fp32)."""
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"unknown train.precision {precision!r}; choose fp32 or bf16")
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_precision(precision) == "bf16")
 
 
 def _proximal_term(network: nn.Module, reference: list[torch.Tensor]) -> torch.Tensor:
