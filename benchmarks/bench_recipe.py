@@ -75,7 +75,7 @@ def main() -> None:
             print(f"{label}: {score_line(scores, task.primary_metric)}", flush=True)
     report = {"task": args.task, "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs "
                                             f"({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}",
-              "precision": loop.resolve_precision(config.train.precision),
+              "precision": result.precision,
               "date": time.strftime("%Y-%m-%d"), "overrides": args.overrides, "budget_minutes": args.minutes,
               "average_from": args.average_from, "steps": result.steps, "averaged_steps": result.averaged_steps,
               "train_minutes": result.seconds / 60, "validation_minutes": result.validation_seconds / 60,

@@ -46,6 +46,7 @@ class TrainResult:
     validation_seconds: float = 0.0  # periodic validation (``validate_every_min``), not counted in ``seconds``
     averaged_steps: int = 0  # how many steps' weights were averaged into the result (``average_from``)
     last_weights: dict[str, torch.Tensor] | None = None  # the last step's own weights, when averaging replaced them
+    precision: str = "fp32"  # the arithmetic it trained in (``train.precision`` resolved on this CPU)
 
     @property
     def loss(self) -> float:
@@ -119,8 +120,10 @@ def resolve_precision(precision: str) -> str:
 
 
 def autocast(precision: str) -> torch.autocast:
-    """The arithmetic of training: fp32, or bfloat16 autocast (weights, optimiser and loss stay fp32)."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_precision(precision) == "bf16")
+    """The arithmetic of a resolved precision (:func:`resolve_precision`): fp32, or bfloat16 autocast (weights,
+    optimiser and loss stay fp32).
+    """
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _proximal_term(network: nn.Module, reference: list[torch.Tensor]) -> torch.Tensor:
@@ -161,14 +164,15 @@ def train(network: nn.Module, task: Task, prepared: Sequence[Prepared], config: 
     steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(items) / config.batch_size))
     total = config.epochs * steps_per_epoch
     budget_s = config.max_minutes * 60 if config.max_minutes else None
-    cast = autocast(config.precision)
+    precision = resolve_precision(config.precision)
+    cast = autocast(precision)
     # Channels-last 3D lets oneDNN's convolutions vectorise over channels: ~20% faster on CPU, same model.
     network.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     reference = [p.detach().clone() for p in network.parameters()] if config.proximal_mu > 0 else None
-    result = TrainResult(num_examples=len(prepared))
+    result = TrainResult(num_examples=len(prepared), precision=precision)
     average = WeightAverage() if config.average_from is not None else None
     every_s = config.validate_every_min * 60 if config.validate_every_min and validation else None
     next_validation = every_s

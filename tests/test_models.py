@@ -134,7 +134,7 @@ def test_short_training_lowers_the_loss_for_both_tasks(cases, protocol, precisio
         prepared = [task.prepare(c) for c in cases]
         result = loop.train(net, task, prepared, TrainConfig(epochs=8, steps_per_epoch=4, batch_size=2, lr=0.01,
                                                              flip=False, precision=precision), progress=False)
-        assert result.steps == 32 and result.num_examples == 2
+        assert result.steps == 32 and result.num_examples == 2 and result.precision == precision
         assert result.history[-1] < result.history[0], (name, result.history)
         # Trained in channels-last layout, handed back in the standard one (weights go out as plain arrays).
         assert all(p.is_contiguous() for p in net.parameters())
@@ -191,7 +191,7 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_bfloat16_instructions(monkeyp
     with caplog.at_level("WARNING", logger="models.loop"):
         assert loop.resolve_precision("bf16") == "bf16"
     assert ("without bfloat16 instructions" in caplog.text) == (not native)
-    with loop.autocast("auto"):
+    with loop.autocast(loop.resolve_precision("auto")):
         product = torch.ones(2, 2) @ torch.ones(2, 2)
     assert product.dtype == (torch.bfloat16 if native else torch.float32)
     assert compose(["preset=cpu60"]).train.precision == "auto"  # the benchmark recipe runs on any CPU

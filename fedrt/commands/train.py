@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
                                  "train/train_loss": outcome.result.loss}, outcome.result.steps)
     history = ", ".join(f"{v:.4f}" for v in outcome.result.history)
     print(f"trained {outcome.result.steps} steps on {outcome.result.num_examples} cases in "
-          f"{outcome.result.seconds:.0f} s; loss per epoch: {history}")
+          f"{outcome.result.seconds:.0f} s ({outcome.result.precision}); loss per epoch: {history}")
     if outcome.validation:
         print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(outcome.validation.items())
                                          if not k.startswith("hd95_")))
