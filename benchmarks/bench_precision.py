@@ -43,7 +43,7 @@ def main() -> None:
         optimizer = torch.optim.AdamW(network.parameters())
         image = torch.randn(batch).to(memory_format=torch.channels_last_3d)
         target = torch.randn(batch[0], 1, *batch[2:])
-        times = []
+        times: list[float] = []
         for _ in range(args.steps + 1):
             start = time.perf_counter()
             with loop.autocast(precision):

@@ -7,7 +7,7 @@ more by a fifth scanner no hospital has (``Scanner.for_site(5)``). Federated (``
 local-only (``fedrt baseline``: the same loop, patients and budget) models are scored on both validation sets
 (SynthRAD's MAE, PSNR, SSIM inside the body). Every figure is on simulated MR.
 
-    python benchmarks/bench_sct_federated.py --out DIR          # full size (cpu60 network): about an hour on 2 cores
+    python benchmarks/bench_sct_federated.py --out DIR          # full size (cpu60 network): an hour on 2 cores (bf16)
     python benchmarks/bench_sct_federated.py --out DIR --smoke  # minutes: proves it works
 
 Extra arguments are Hydra overrides for every run. Results: ``OUT/sct_federated.json`` and ``OUT/summary.md``.
@@ -28,7 +28,8 @@ SITES = 4
 UNSEEN_SCANNER = SITES + 1
 # Full size: the cpu60 network, 40 rounds x 4 local epochs of one pass over a hospital's patients; the baselines
 # the same 160 epochs (as bench_federated), so the federation, the centralised model and the 4 local-only models
-# together each make the same number of training steps (160 x 20 with 40 patients, batch 2): about an hour on 2 cores.
+# together each make the same number of training steps (160 x 20 with 40 patients, batch 2): about an hour on 2 cores
+# with bfloat16 instructions (train.precision=auto); about three times as long in fp32 (docs/BENCHMARKS.md).
 FULL = ["preset=cpu60", "rounds=40", "federation.local_epochs=4", "train.max_minutes=null",
         "train.steps_per_epoch=null", "data.max_cases=null", "data.max_val_cases=null",
         "federation.server_eval_every=10"]

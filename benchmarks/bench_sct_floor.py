@@ -1,15 +1,17 @@
-"""Benchmark (issue 16): how low a synthetic CT's MAE can go on the simulated MR, whatever the model.
+"""Benchmark (issue 16): the synthetic-CT MAE of voxel-by-voxel oracles on the simulated MR, a reference for the
+60 HU target.
 
 The simulated MR (``protocols.simulated_mr``) is a function of each voxel's tissue class only, so the HU spread
 inside a class (CT noise, marrow against compact bone, partial volume) cannot be read off the MR voxel itself. Two
-oracles that are given the truth a model has to infer, each predicting one HU per class (the class's median over the
-training patients' bodies), scored with the task's MAE on the validation patients:
+oracles that are given the truth a model has to infer, each predicting one HU per class (the class's median over
+``SAMPLES_PER_CLASS_AND_PATIENT`` voxels drawn from each training patient's body, so patients weigh about equally),
+scored with the task's MAE on the validation patients:
 
 - **tissue-class oracle**: knows every voxel's tissue class exactly (no noise, blur or bias to see through);
 - **signal oracle**: knows only what an ideal noiseless MR voxel shows: air and cortical bone, which both give no
   signal, are one class to it.
 
-A model can beat an oracle only through anatomical context (where a bone is, how thick), not through the voxel.
+A model can do better than the tissue-class oracle only through anatomical context (where a bone is, how thick).
 
     python benchmarks/bench_sct_floor.py --data DATASET --out DIR
 
@@ -23,6 +25,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
+    from models.tasks.sct import AIR_HU
+    from protocols.case import Case
     from protocols.dataset import find_patient_dirs
     from protocols.metrics import SCT_HU_RANGE, sct_mae_hu
     from protocols.openkbp import load_openkbp_case
@@ -47,7 +52,8 @@ def main() -> None:
     signal_class = np.array([Tissue.AIR if t == Tissue.CORTICAL_BONE else t for t in Tissue])  # no signal = air
     oracles = {"tissue-class oracle": np.arange(len(Tissue)), "signal oracle": signal_class}
 
-    def cases(split: str):
+    def cases(split: str) -> Iterator[tuple[Case, np.ndarray, np.ndarray, np.ndarray]]:
+        """Each patient of ``split``: the case, its MR body, its tissue classes and its clipped HU."""
         for folder in find_patient_dirs(args.data / split):
             case, _ = load_openkbp_case(folder, protocol, require_dose=False)
             body = case.mr_body()
@@ -69,8 +75,8 @@ def main() -> None:
     error_share: dict[str, dict[str, list[float]]] = {name: {t.name: [] for t in Tissue} for name in oracles}
     for case, body, tissue, hu in cases("validation-pats"):
         for name, classes in oracles.items():
-            lookup = np.array([medians[name].get(int(classes[t]), -1000.0) for t in Tissue])
-            prediction = np.where(body, lookup[tissue], -1000.0)
+            lookup = np.array([medians[name].get(int(classes[t]), AIR_HU) for t in Tissue])
+            prediction = np.where(body, lookup[tissue], AIR_HU)
             per_patient[name][case.patient_id] = sct_mae_hu(case.ct_hu, prediction, body)
             error = np.abs(hu - prediction)
             for t in Tissue:  # each tissue's part of the MAE: its summed error over the body's voxel count

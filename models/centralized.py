@@ -84,6 +84,7 @@ def run_training(config: DictConfig, progress: bool = True,
     validation = loop.evaluate(network, task, split.val, progress=progress) if split.val else {}
     output = Path(config.output) if config.output else default_output(task.name)
     metadata = {"config": OmegaConf.to_container(config, resolve=True), "data_root": str(split.root),
-                "train_cases": len(split.train), "validation": validation, "loss_history": result.history}
+                "train_cases": len(split.train), "validation": validation, "loss_history": result.history,
+                "precision": result.precision}
     save_checkpoint(output, task, network, metadata)
     return TrainingOutcome(output, result, validation)

@@ -35,7 +35,7 @@ class ModelConfig:
 class TrainConfig:
     """How the one training loop runs: budget (epochs and/or minutes), optimiser, augmentation, FedProx,
     arithmetic (``precision`` bf16 = bfloat16 autocast, about twice the steps per hour on a CPU with bfloat16
-    instructions and 20 times fewer without them; auto = bf16 where the CPU has them, fp32 elsewhere).
+    instructions and many times fewer without them; auto = bf16 where the CPU has them, fp32 elsewhere).
     """
 
     epochs: int = 10

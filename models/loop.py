@@ -4,6 +4,7 @@ baselines all call ``train``, ``evaluate`` and ``predict`` from here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -98,11 +99,19 @@ def learning_rate(config: TrainConfig, progress: float) -> float:
 
 
 def native_bf16() -> bool:
-    """Whether this CPU has bfloat16 instructions (AVX-512 BF16 or AMX). Without them oneDNN emulates bfloat16
-    and a training step is about 20 times slower than in fp32 (docs/BENCHMARKS.md). torch offers the check only
-    under these private names (torch is pinned).
+    """Whether this CPU has bfloat16 instructions (AVX-512 BF16 or AMX BF16). Without them oneDNN emulates
+    bfloat16 and a training step takes many times as long as in fp32 (docs/BENCHMARKS.md).
     """
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    """Once per process: a federated site trains every round, and one warning says it all."""
+    log.warning("train.precision=bf16 on a CPU without bfloat16 instructions (%s): bfloat16 is emulated and every "
+                "step takes many times as long as in fp32; use train.precision=auto",
+                torch.backends.cpu.get_cpu_capability())
 
 
 def resolve_precision(precision: str) -> str:
@@ -114,8 +123,7 @@ def resolve_precision(precision: str) -> str:
     if precision == "auto":
         return "bf16" if native_bf16() else "fp32"
     if precision == "bf16" and not native_bf16():
-        log.warning("train.precision=bf16 on a CPU without bfloat16 instructions (%s): each step runs about 20 "
-                    "times slower than in fp32; use train.precision=auto", torch.backends.cpu.get_cpu_capability())
+        _warn_emulated_bf16()
     return precision
 
 
@@ -123,6 +131,8 @@ def autocast(precision: str) -> torch.autocast:
     """The arithmetic of a resolved precision (:func:`resolve_precision`): fp32, or bfloat16 autocast (weights,
     optimiser and loss stay fp32).
     """
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"autocast needs fp32 or bf16, got {precision!r}: resolve train.precision first")
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 

@@ -120,6 +120,11 @@ class Tracker:
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return cls(client, run_id), config
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tag the run with what is known only once work has run (e.g. the arithmetic training used)."""
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Log scalar metrics at ``step`` (the round, or the epochs of a baseline) in batches."""
         now = int(time.time() * 1000)

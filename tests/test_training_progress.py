@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from fedrt import cli
 from models import loop
+from models.checkpoint import load_checkpoint
 from models.config import TrainConfig
 from models.tasks import make_task
 from tests.test_models import SMALL
@@ -46,4 +47,7 @@ def test_fedrt_train_prints_per_organ_dice_every_n_minutes_and_records_it(tmp_pa
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("fedrt").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["fedrt.kind"] == "centralized"
+    assert run.data.tags["fedrt.precision"] == "fp32"  # the arithmetic it trained in, as the summary line says
+    assert re.search(r"trained 4 steps on \d+ cases in \d+ s \(fp32\)", out), out
+    assert load_checkpoint(tmp_path / "seg.pt").metadata["precision"] == "fp32"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/dice_mean")) == [0, 1, 2, 3, 4]

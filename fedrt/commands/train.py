@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
                 validation_metrics(scores), step))
             tracker.log_metrics({**validation_metrics(outcome.validation),
                                  "train/train_loss": outcome.result.loss}, outcome.result.steps)
+            tracker.set_tags({"fedrt.precision": outcome.result.precision})
     history = ", ".join(f"{v:.4f}" for v in outcome.result.history)
     print(f"trained {outcome.result.steps} steps on {outcome.result.num_examples} cases in "
           f"{outcome.result.seconds:.0f} s ({outcome.result.precision}); loss per epoch: {history}")
