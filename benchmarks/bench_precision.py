@@ -55,13 +55,13 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         seconds[precision] = times[1:]
         print(f"{precision}: {statistics.median(times[1:]):.2f} s per step (warm-up {times[0]:.2f} s)", flush=True)
-    auto = loop.resolve_precision("auto")
-    print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bfloat16 instructions: {loop.native_bf16()}; "
-          f"train.precision=auto trains in {auto}")
+    auto, native = loop.resolve_precision("auto"), loop.native_bf16()
+    capability = torch.backends.cpu.get_cpu_capability()
+    print(f"CPU capability {capability}, bfloat16 instructions: {native}; train.precision=auto trains in {auto}")
     report = {"machine": f"{platform.node()} {platform.machine()} {platform.processor()}, {os.cpu_count()} CPUs, "
                          f"torch {torch.__version__}, {torch.get_num_threads()} threads",
-              "date": time.strftime("%Y-%m-%d"), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "native_bf16": loop.native_bf16(), "auto": auto, "batch": list(batch), "seconds_per_step": seconds}
+              "date": time.strftime("%Y-%m-%d"), "cpu_capability": capability, "native_bf16": native,
+              "auto": auto, "batch": list(batch), "seconds_per_step": seconds}
     (args.out / "precision.json").write_text(json.dumps(report, indent=2))
 
 

@@ -42,9 +42,8 @@ def main() -> None:
 
     from models.tasks.sct import AIR_HU
     from protocols.case import Case
-    from protocols.dataset import find_patient_dirs
+    from protocols.dataset import ProtocolDataset
     from protocols.metrics import SCT_HU_RANGE, sct_mae_hu
-    from protocols.openkbp import load_openkbp_case
     from protocols.protocol import load_protocol
     from protocols.simulated_mr import Tissue, classify_tissue
 
@@ -54,8 +53,7 @@ def main() -> None:
 
     def cases(split: str) -> Iterator[tuple[Case, np.ndarray, np.ndarray, np.ndarray]]:
         """Each patient of ``split``: the case, its MR body, its tissue classes and its clipped HU."""
-        for folder in find_patient_dirs(args.data / split):
-            case, _ = load_openkbp_case(folder, protocol, require_dose=False)
+        for case in ProtocolDataset(args.data / split, protocol, require_dose=False).cases():
             body = case.mr_body()
             yield case, body, classify_tissue(case.ct_hu, body), np.clip(case.ct_hu, *SCT_HU_RANGE)
 
