@@ -29,8 +29,10 @@ from protocols.case import Case
 from protocols.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-# train.precision: fp32, bfloat16 autocast, or bf16 where the CPU has bfloat16 instructions and fp32 elsewhere.
-PRECISIONS = ("fp32", "bf16", "auto")
+# The arithmetic a training runs in: fp32 or bfloat16 autocast.
+RESOLVED_PRECISIONS = ("fp32", "bf16")
+# train.precision: one of those, or auto (bf16 where the CPU has bfloat16 instructions and fp32 elsewhere).
+PRECISIONS = (*RESOLVED_PRECISIONS, "auto")
 
 
 @dataclass
@@ -131,7 +133,7 @@ def autocast(precision: str) -> torch.autocast:
     """The arithmetic of a resolved precision (:func:`resolve_precision`): fp32, or bfloat16 autocast (weights,
     optimiser and loss stay fp32).
     """
-    if precision not in ("fp32", "bf16"):
+    if precision not in RESOLVED_PRECISIONS:
         raise ConfigError(f"autocast needs fp32 or bf16, got {precision!r}: resolve train.precision first")
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
